@@ -1,0 +1,27 @@
+"""MUPPET pre-finetuning of RoBERTa-base on the encoder mixture (paper Table 8).
+
+Needs the datasets prepared by TFDS (see README "Real data") and the pretrained weights:
+
+  python -m muppet_jax.main --config configs/base.py --workdir gs://BUCKET/muppet/roberta_base \
+      --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
+
+`model.init_from` takes a Hugging Face directory or hub id. One slot per device per
+accumulation step; 8 x 512 = 4,096 tokens per slot (the paper's budget is 4,400).
+"""
+
+from muppet_jax import config_lib
+
+
+def get_config():
+  c = config_lib.default()  # Paper Table 8: Adam (0.9, 0.999), eps 1e-8, lr 3e-5, wd 0.01.
+  c.model.type = 'roberta'
+  c.model.init_from = 'FacebookAI/roberta-base'  # HF hub id or local directory.
+  c.model.hidden_size = 768  # Shape for random init only; init_from's config.json wins.
+  c.model.num_layers = 12
+  c.model.num_heads = 12
+  c.model.intermediate_size = 3072
+  c.data.mixture = 'muppet_encoder'  # Every dataset but summarization.
+  c.data.rows = 8  # 8 x 512 tokens per device.
+  c.data.length = 512
+  c.optim.learning_rate = 3e-5
+  return config_lib.lock(c)

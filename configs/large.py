@@ -1,0 +1,27 @@
+"""MUPPET pre-finetuning of RoBERTa-large on the encoder mixture (paper Table 8).
+
+  python -m muppet_jax.main --config configs/large.py --workdir gs://BUCKET/muppet/roberta_large \
+      --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
+
+On 64 devices one update mixes 64 task sub-batches (the paper's setting). For fewer devices,
+raise `--config.train.grad_accum` so that devices x grad_accum stays near 64.
+"""
+
+from muppet_jax import config_lib
+
+
+def get_config():
+  c = config_lib.default()  # Paper Table 8.
+  c.model.type = 'roberta'
+  c.model.init_from = 'FacebookAI/roberta-large'  # HF hub id or local directory.
+  c.model.hidden_size = 1024  # Shape for random init only; init_from's config.json wins.
+  c.model.num_layers = 24
+  c.model.num_heads = 16
+  c.model.intermediate_size = 4096
+  c.model.dtype = 'bfloat16'  # bf16 compute, fp32 master weights.
+  c.model.remat = 'dots_saveable'  # Save matmul outputs, recompute the rest per layer.
+  c.data.mixture = 'muppet_encoder'
+  c.data.rows = 8  # 8 x 512 tokens per device.
+  c.data.length = 512
+  c.optim.learning_rate = 3e-5
+  return config_lib.lock(c)

@@ -1,0 +1,502 @@
+"""seqio registration of the pre-finetuning tasks and mixtures, and the family-example stream.
+
+Importing this module registers (idempotently: importing again is a no-op):
+
+- one seqio Task `muppet_<slug>` per catalogue record with training data (46: the 47 of the
+  paper's appendix A.1 minus the SuperGLUE umbrella record), and one per demo task;
+- the mixtures, with natural rates (proportional to each task's training examples, from the
+  catalogue, since TFDS split sizes are not available offline):
+    `muppet_all`: the 45 of Table 1 (catalogue.default_mixture_records(): everything with
+      training data except Multi-News, see catalogue.EXCLUDED_FROM_ALL);
+    `muppet_encoder`: `muppet_all` without summarization (RoBERTa has no decoder);
+    `muppet_demo`, `muppet_demo_encoder`: the embedded offline demo, with and without its
+      summarization task;
+  and, on request, `first_k_mixture(k)`: the first k tasks in the paper's order (section 5.1).
+
+Splits. Every task has the canonical splits 'train' and 'validation', mapped to the dataset's
+real split names from the catalogue (e.g. RACE 'validation' -> 'dev', MNLI -> 'validation_
+matched', AG News -> 'test'). They are always passed to seqio explicitly: seqio's TfdsDataSource
+otherwise asks TFDS for the split list, which is empty offline and under mock data.
+
+Pipeline of one task: TFDS source (for HF-only datasets, the local builders of hf_builders.py)
+-> one dataset-level preprocessor that runs the dataset's python mapper
+(`preprocessors.MAPPERS[slug]`, raw example as plain python -> 0..n family examples; bad records
+are dropped and counted by the process-wide `DROP_COUNTER`) -> a `tf.data` dataset of family
+examples with a fixed per-family signature (`FAMILY_SIGNATURES`). The tasks have no
+`output_features`: tokenization happens later, in batching.py. So
+`task.get_dataset(sequence_length=None, split=..., shuffle=False)` works, and the trainer reads
+plain python examples through `family_examples(...)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import seqio
+import tensorflow as tf
+from absl import logging
+
+from muppet_jax.data import catalogue
+from muppet_jax.data import demo
+from muppet_jax.data import hf_builders
+from muppet_jax.data import preprocessors
+from muppet_jax.data.catalogue import DatasetRecord
+from muppet_jax.data.features import Family
+from muppet_jax.data.features import TaskTable
+
+# Canonical split names of every task.
+TRAIN = 'train'
+VALIDATION = 'validation'
+
+_STR = tf.TensorSpec([], tf.string)
+_STRS = tf.TensorSpec([None], tf.string)
+_INT = tf.TensorSpec([], tf.int64)
+
+# The tf.data element signature of each family's examples (see preprocessors.py for meaning).
+FAMILY_SIGNATURES: Mapping[Family, Mapping[str, tf.TensorSpec]] = {
+    Family.CLASSIFICATION: {'text_a': _STR, 'text_b': _STR, 'label': _INT},
+    Family.MULTIPLE_CHOICE: {'context': _STR, 'question': _STR, 'choices': _STRS,
+                             'label': _INT},
+    Family.SPAN: {'context': _STR, 'question': _STR, 'answer_start': _INT, 'answer_end': _INT,
+                  'answers': _STRS},
+    Family.SUMMARIZATION: {'document': _STR, 'summary': _STR},
+}
+
+MUPPET_ALL = 'muppet_all'
+MUPPET_ENCODER = 'muppet_encoder'
+MUPPET_DEMO = 'muppet_demo'
+MUPPET_DEMO_ENCODER = 'muppet_demo_encoder'
+
+_ENCODER_FAMILIES = (Family.CLASSIFICATION, Family.MULTIPLE_CHOICE, Family.SPAN)
+
+# Process-wide drop accounting of every task's mapper (thread-safe; read with drop_counts()).
+DROP_COUNTER = preprocessors.DropCounter()
+
+
+class UnknownNameError(KeyError):
+  """An unknown task or mixture name; the message lists close matches."""
+
+  def __str__(self) -> str:  # KeyError would quote the whole message.
+    return str(self.args[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Python <-> tf.data conversion.
+# ---------------------------------------------------------------------------------------------
+
+
+def to_python(value: Any) -> Any:
+  """Numpy/bytes (as `as_numpy_iterator` yields them) -> plain python, recursively.
+
+  bytes -> str, arrays -> lists, numpy scalars -> python scalars, dicts stay dicts (a TFDS
+  Sequence of dicts stays a dict of lists).
+  """
+  if isinstance(value, bytes):  # Also np.bytes_.
+    # 'replace' rather than failing a whole stream on one badly encoded record.
+    return value.decode('utf-8', errors='replace')
+  if isinstance(value, dict):
+    return {k: to_python(v) for k, v in value.items()}
+  if isinstance(value, np.ndarray):
+    if value.ndim == 0:
+      return to_python(value.item())
+    return [to_python(v) for v in value]
+  if isinstance(value, np.generic):
+    return to_python(value.item())
+  return value
+
+
+def _check_family_example(example: Mapping[str, Any], family: Family, num_classes: int,
+                          task_name: str) -> dict[str, Any]:
+  """Returns the example restricted to the family's fields, raising on a malformed one.
+
+  Mappers must raise BadRecord for records they cannot map; an example that reaches this point
+  malformed is a mapper bug, so it fails loudly instead of being trained on.
+  """
+  signature = FAMILY_SIGNATURES[family]
+  missing = [k for k in signature if k not in example]
+  if missing:
+    raise ValueError(f'{task_name}: mapper output lacks {missing}: {example!r:.300}')
+  out = {}
+  for key, spec in signature.items():
+    value = example[key]
+    if spec.dtype == tf.string and spec.shape.rank == 0:
+      ok = isinstance(value, str)
+    elif spec.dtype == tf.string:
+      ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+      value = list(value)
+    else:
+      ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+      value = int(value)
+    if not ok:
+      raise ValueError(f'{task_name}: field {key!r} has the wrong type: {example!r:.300}')
+    out[key] = value
+  problem = None
+  if family == Family.CLASSIFICATION and not 0 <= out['label'] < num_classes:
+    problem = f'label {out["label"]} not in [0, {num_classes})'
+  elif family == Family.MULTIPLE_CHOICE and not 0 <= out['label'] < len(out['choices']):
+    problem = f'label {out["label"]} not in [0, {len(out["choices"])}) choices'
+  elif family == Family.SPAN and not (
+      0 <= out['answer_start'] < out['answer_end'] <= len(out['context'])):
+    problem = (f'span [{out["answer_start"]}, {out["answer_end"]}) outside the context '
+               f'({len(out["context"])} chars)')
+  if problem:
+    raise ValueError(f'{task_name}: mapper emitted an invalid example ({problem}): '
+                     f'{example!r:.300}')
+  return out
+
+
+class MapToFamily:
+  """seqio dataset-level preprocessor: raw TFDS examples -> family examples via a python mapper.
+
+  Iterates the raw dataset as numpy, decodes it to plain python, calls the dataset's mapper
+  (`preprocessors.MAPPERS[slug]`) through `DROP_COUNTER` (bad records are dropped and counted), checks each result and re-emits it with
+  `tf.data.Dataset.from_generator` and the family's fixed signature. A summary line of the
+  task's drops is logged when a stream is exhausted or closed.
+  """
+
+  def __init__(self, record: DatasetRecord):
+    self._record = record
+
+  def __repr__(self) -> str:
+    return f'MapToFamily({self._record.slug})'
+
+  def __call__(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+    record = self._record
+    if record.slug not in preprocessors.MAPPERS:
+      raise ValueError(f'{record.task_name}: no mapper for {record.slug!r} in '
+                       'preprocessors.MAPPERS')
+
+    def generate() -> Iterator[dict[str, Any]]:
+      try:
+        for raw in dataset.as_numpy_iterator():
+          for example in DROP_COUNTER.apply(record.slug, to_python(raw)):
+            yield _check_family_example(example, record.family, record.num_classes,
+                                        record.task_name)
+      finally:
+        counts = DROP_COUNTER.counts.get(record.slug)
+        if counts and counts['dropped']:
+          logging.info('%s: stream closed; so far kept %d records, dropped %s',
+                       record.task_name, counts['kept'], counts['dropped'])
+
+    return tf.data.Dataset.from_generator(
+        generate, output_signature=dict(FAMILY_SIGNATURES[record.family]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sources.
+# ---------------------------------------------------------------------------------------------
+
+
+def split_map(record: DatasetRecord) -> dict[str, str]:
+  """Canonical split name -> the dataset's own split name ('validation' -> 'dev' ...)."""
+  splits = {}
+  if record.train_split:
+    splits[TRAIN] = record.train_split
+  if record.eval_split:
+    splits[VALIDATION] = record.eval_split
+  return splits
+
+
+def _catalogue_sizes(record: DatasetRecord) -> dict[str, int]:
+  sizes = {}
+  if record.train_split:
+    sizes[TRAIN] = record.train_size
+  if record.eval_split:
+    sizes[VALIDATION] = record.eval_size
+  return sizes
+
+
+class CatalogueTfdsSource(seqio.TfdsDataSource):
+  """A TfdsDataSource that falls back to the catalogue when TFDS has no split info.
+
+  Offline (and under mock data) `builder.info.splits` is empty, so seqio's size and shard
+  lookups raise; sizes then come from the catalogue (they only decide seqio's in-memory caching
+  of small datasets, our rates are explicit) and sharding happens per example.
+  """
+
+  def __init__(self, tfds_name: str, record: DatasetRecord):
+    super().__init__(tfds_name=tfds_name, splits=split_map(record))
+    self._sizes = _catalogue_sizes(record)
+
+  def num_input_examples(self, split: str) -> int | None:
+    try:
+      return super().num_input_examples(split)
+    except KeyError:  # No split info: not prepared, offline, or mock data.
+      return self._sizes.get(split)
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    try:
+      return super().list_shards(split)
+    except KeyError:  # No split info: Task.get_dataset then shards per example.
+      return []
+
+
+class MultiTfdsSource(seqio.DataSource):
+  """Several TFDS configs read as one dataset (RACE = race/high + race/middle)."""
+
+  def __init__(self, tfds_names: Sequence[str], record: DatasetRecord):
+    splits = split_map(record)
+    super().__init__(splits=tuple(splits), num_input_examples=_catalogue_sizes(record))
+    self._loaders = tuple(seqio.utils.LazyTfdsLoader(name, split_map=splits)
+                          for name in tfds_names)
+
+  def __repr__(self) -> str:
+    return f'MultiTfdsSource({[loader.name for loader in self._loaders]})'
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    # No file-level sharding across configs: seqio shards the examples instead.
+    return []
+
+  def _weights(self, split: str) -> list[float] | None:
+    try:
+      return [float(loader.size(split)) for loader in self._loaders]
+    except KeyError:  # Sizes unknown offline: sample the configs uniformly.
+      return None
+
+  def get_dataset(self, split: str = TRAIN, shuffle: bool = True, seed: int | None = None,
+                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
+                  use_cached: bool = False, num_epochs: int | None = 1) -> tf.data.Dataset:
+    del sequence_length, use_cached, num_epochs, shard_info  # seqio shards per example.
+    parts = [loader.load(split, shuffle_files=shuffle, seed=seed) for loader in self._loaders]
+    if not shuffle:
+      return functools.reduce(lambda a, b: a.concatenate(b), parts)
+    # Interleave at the configs' relative sizes so that no config ends the stream alone.
+    return tf.data.Dataset.sample_from_datasets(parts, weights=self._weights(split), seed=seed,
+                                                stop_on_empty_dataset=False)
+
+
+def _demo_dataset(record: DatasetRecord, split: str, shuffle_files: bool,
+                  seed: int | None = None) -> tf.data.Dataset:
+  """FunctionDataSource dataset_fn: one demo split, already in family format.
+
+  Demo tasks need no mapper, so they skip `MapToFamily` (one python round trip less per
+  example) and are checked here instead.
+  """
+  del shuffle_files, seed  # Small and in memory: the Task's shuffle buffer shuffles it.
+  examples = demo.examples(record.slug, split)
+
+  def generate() -> Iterator[dict[str, Any]]:
+    for example in examples:
+      yield _check_family_example(example, record.family, record.num_classes,
+                                  record.task_name)
+
+  return tf.data.Dataset.from_generator(
+      generate, output_signature=dict(FAMILY_SIGNATURES[record.family]))
+
+
+def _source(record: DatasetRecord) -> seqio.DataSource:
+  kind, _, name = record.source.partition(':')
+  if kind == 'demo':
+    return seqio.FunctionDataSource(
+        dataset_fn=functools.partial(_demo_dataset, record),
+        splits=tuple(split_map(record)), num_input_examples=_catalogue_sizes(record))
+  if kind == 'hf':
+    return CatalogueTfdsSource(hf_builders.tfds_name(record.source), record)
+  if kind == 'tfds':
+    names = name.split('+')
+    if len(names) == 1:
+      return CatalogueTfdsSource(names[0], record)
+    return MultiTfdsSource(names, record)
+  raise ValueError(f'{record.slug}: unknown source kind in {record.source!r}')
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration.
+# ---------------------------------------------------------------------------------------------
+
+# Every record with a registered task, by task name (catalogue and demo).
+_RECORDS_BY_TASK: dict[str, DatasetRecord] = {}
+
+
+def _register_task(record: DatasetRecord) -> None:
+  _RECORDS_BY_TASK[record.task_name] = record
+  if record.task_name in seqio.TaskRegistry.names():
+    return
+  is_demo = record.source.startswith('demo:')  # Already family format (see _demo_dataset).
+  seqio.TaskRegistry.add(
+      record.task_name,
+      source=_source(record),
+      preprocessors=[] if is_demo else [MapToFamily(record)],
+      output_features={},  # Tokenization happens in batching.py.
+  )
+
+
+def _register_mixture(name: str, records: Iterable[DatasetRecord]) -> str:
+  """Registers a natural-rate mixture (rate = catalogue train_size) unless it exists."""
+  if name not in seqio.MixtureRegistry.names():
+    tasks = [(r.task_name, float(r.train_size)) for r in records]
+    if not tasks:
+      raise ValueError(f'mixture {name!r} would be empty')
+    seqio.MixtureRegistry.add(name, tasks)
+  return name
+
+
+def _register_all() -> None:
+  for record in catalogue.RECORDS:
+    if record.has_training_data:
+      _register_task(record)
+  for record in demo.RECORDS:
+    _register_task(record)
+  default = catalogue.default_mixture_records()
+  _register_mixture(MUPPET_ALL, default)
+  _register_mixture(MUPPET_ENCODER, catalogue.by_family(*_ENCODER_FAMILIES, records=default))
+  _register_mixture(MUPPET_DEMO, demo.RECORDS)
+  # Registered even when the demo has no summarization task, so configs can rely on the name.
+  _register_mixture(MUPPET_DEMO_ENCODER,
+                    catalogue.by_family(*_ENCODER_FAMILIES, records=demo.RECORDS))
+
+
+_register_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Public lookups.
+# ---------------------------------------------------------------------------------------------
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
+  known = sorted(known)
+  close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+  hint = f'did you mean {close}?' if close else f'registered: {known}'
+  return UnknownNameError(f'unknown {kind} {name!r}; {hint}')
+
+
+def get_task(task_name: str) -> seqio.Task:
+  """The registered seqio Task (e.g. 'muppet_rte'); UnknownNameError names close matches."""
+  if task_name not in seqio.TaskRegistry.names():
+    raise _unknown('task', task_name, [n for n in seqio.TaskRegistry.names()
+                                       if n.startswith('muppet_')])
+  return seqio.TaskRegistry.get(task_name)
+
+
+def get_mixture(mixture_name: str) -> seqio.Mixture:
+  """The registered seqio Mixture; UnknownNameError names close matches."""
+  if mixture_name not in seqio.MixtureRegistry.names():
+    raise _unknown('mixture', mixture_name, [n for n in seqio.MixtureRegistry.names()
+                                             if n.startswith('muppet_')])
+  return seqio.MixtureRegistry.get(mixture_name)
+
+
+def record_for_task(task_name: str) -> DatasetRecord:
+  """The catalogue (or demo) record behind a registered task name."""
+  if task_name not in _RECORDS_BY_TASK:
+    raise _unknown('task', task_name, _RECORDS_BY_TASK)
+  return _RECORDS_BY_TASK[task_name]
+
+
+def mixture_tasks(mixture_name: str) -> list[tuple[str, float]]:
+  """[(task name, rate)] of a mixture, sub-mixtures expanded, in definition order.
+
+  Rates are seqio's (`Mixture.get_rate`): a sub-mixture's rate is shared among its tasks in
+  proportion to their own rates. A task listed twice appears once with its rates summed.
+  """
+  mixture = get_mixture(mixture_name)
+  order: list[str] = []
+
+  def visit(m: seqio.Mixture) -> None:
+    for name in m.rate_per_task_name:
+      if name in seqio.TaskRegistry.names():
+        if name not in order:
+          order.append(name)
+      else:
+        visit(seqio.MixtureRegistry.get(name))
+
+  visit(mixture)
+  return [(name, float(mixture.get_rate(seqio.TaskRegistry.get(name)))) for name in order]
+
+
+def task_table(mixture_name: str) -> TaskTable:
+  """The run's TaskTable (task ids in the mixture's order) for a mixture."""
+  records = [record_for_task(name) for name, _ in mixture_tasks(mixture_name)]
+  return TaskTable.build([r.task_name for r in records], [int(r.family) for r in records],
+                         [r.num_classes for r in records])
+
+
+def _family_suffix(families: Sequence[Family]) -> str:
+  return '_'.join(f.name.lower() for f in sorted(families))
+
+
+def first_k_mixture(k: int, family_filter: Family | Iterable[Family] | None = None, *,
+                    base: str = MUPPET_ALL) -> str:
+  """Registers the mixture of the first k tasks of `base` and returns its name.
+
+  The order is the base mixture's definition order: for muppet_all / muppet_encoder the
+  paper's appendix order, which is fixed, so a larger k always holds every task of a smaller
+  one (the nesting of the paper's section 5.1 study). Rates stay natural.
+
+  Args:
+    k: number of tasks, 1 <= k <= tasks available after filtering.
+    family_filter: keep only tasks of these families before taking the first k (e.g. the
+      encoder families for RoBERTa); None keeps all.
+    base: the mixture whose order is used.
+
+  Returns:
+    'muppet_first_<k>' for muppet_all unfiltered; otherwise '<base>_first_<k>' plus, with a
+    filter, '_<family names>' (e.g. 'muppet_all_first_10_classification_span').
+  """
+  families = None
+  if family_filter is not None:
+    families = ((family_filter,) if isinstance(family_filter, Family)
+                else tuple(sorted(set(family_filter))))
+  records = [record_for_task(name) for name, _ in mixture_tasks(base)]
+  if families is not None:
+    records = [r for r in records if r.family in families]
+  if not 1 <= k <= len(records):
+    raise ValueError(f'k must be in [1, {len(records)}] for {base}'
+                     f'{f" with families {families}" if families else ""}, got {k}')
+  if base == MUPPET_ALL and families is None:
+    name = f'muppet_first_{k}'
+  else:
+    name = f'{base}_first_{k}' + (f'_{_family_suffix(families)}' if families else '')
+  return _register_mixture(name, records[:k])
+
+
+# ---------------------------------------------------------------------------------------------
+# The stream the input pipeline reads.
+# ---------------------------------------------------------------------------------------------
+
+
+def family_examples(task_name: str, split: str, *, shuffle: bool, seed: int | None,
+                    shard_index: int = 0, num_shards: int = 1, repeat: bool = False,
+                    shuffle_buffer_size: int | None = None) -> Iterator[dict[str, Any]]:
+  """Yields one task's examples in family format as plain python dicts.
+
+  Args:
+    task_name: a registered task, e.g. 'muppet_rte'.
+    split: 'train' or 'validation' (canonical names; see `split_map`).
+    shuffle: shuffle files and examples (seqio's Task shuffle buffer).
+    seed: seeds the file order and the shuffle buffer (None: nondeterministic).
+    shard_index: this host's shard.
+    num_shards: hosts reading the task (each gets a disjoint part).
+    repeat: repeat forever (each epoch reshuffled) instead of one pass.
+    shuffle_buffer_size: examples in the shuffle buffer (None: the Task's default, 1000).
+
+  Yields:
+    {'text_a', 'text_b', 'label'} / {'context', 'question', 'choices', 'label'} /
+    {'context', 'question', 'answer_start', 'answer_end', 'answers'} / {'document',
+    'summary'} with str, int and list[str] values.
+  """
+  task = get_task(task_name)
+  if split not in task.splits:
+    raise ValueError(f'{task_name} has splits {list(task.splits)}, not {split!r}')
+  if not 0 <= shard_index < num_shards:
+    raise ValueError(f'shard_index {shard_index} not in [0, {num_shards})')
+  dataset = task.get_dataset(
+      sequence_length=None, split=split, shuffle=shuffle, seed=seed,
+      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+      num_epochs=None if repeat else 1, shuffle_buffer_size=shuffle_buffer_size)
+  for example in dataset.as_numpy_iterator():
+    yield to_python(example)
+
+
+def drop_counts() -> dict[str, dict[str, Any]]:
+  """Records kept and dropped so far, per dataset slug (see preprocessors.DropCounter)."""
+  return DROP_COUNTER.counts

@@ -1,0 +1,49 @@
+r"""Command-line entry point: the only place that defines flags.
+
+  python -m muppet_jax.main --config configs/demo.py --workdir /tmp/muppet_demo \
+      [--config.train.steps=100 ...]
+
+Re-running the same command resumes from the newest checkpoint in --workdir. Everything else
+lives in importable modules (`muppet_jax.train.run` is what a notebook calls).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from muppet_jax import sharding
+from muppet_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config file, e.g. configs/demo.py or configs/demo.py:bart.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Directory (local or gs://) for checkpoints, metrics.jsonl and TensorBoard.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM).
+_PREEMPTED_EXIT_CODE = 143
+
+
+class _QuietLibraries:
+  """Keeps orbax's per-save INFO chatter out of the progress log (warnings still pass)."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  sharding.initialize_distributed()
+  result = train.run(_CONFIG.value, _WORKDIR.value)
+  if result.preempted:
+    logging.warning('stopped by SIGTERM at step %d after saving a checkpoint; re-run the same '
+                    'command to resume', result.step)
+    raise SystemExit(_PREEMPTED_EXIT_CODE)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,467 @@
+"""Hugging Face checkpoints <-> Flax NNX backbones (`RobertaModel`, `BartModel`).
+
+Public API (docs/ARCHITECTURE.md section 3): `load(path_or_hub_id) -> (model, hf_config)` and
+`save(model, hf_config, path)`, plus the pieces the export code reuses: `build`,
+`config_from_shape`, `read_tensors`, `to_hf_state_dict`, `from_hf_state_dict`.
+
+Name mapping. Our module paths equal the PyTorch parameter paths, so a parameter's HF name is
+its path joined with '.', with the leaf renamed:
+
+| ours | HF (PyTorch) |
+|---|---|
+| `...Linear.kernel` `[in, out]` | `...weight` `[out, in]` (transposed) |
+| `...Linear.bias`, `...LayerNorm.bias` | `...bias` |
+| `...LayerNorm.scale` | `...weight` |
+| `...Embed.embedding` | `...weight` |
+| BART `final_logits_bias` `[V]` | `final_logits_bias` `[1, V]` |
+
+Layouts written by `save` (and the default of `to_hf_state_dict`):
+- RoBERTa: HF `RobertaModel` names, no prefix (`embeddings.*`, `encoder.layer.{i}.*`,
+  `pooler.dense.*`); `transformers.AutoModel` loads it with no missing or unexpected keys.
+- BART: HF `BartForConditionalGeneration` names (`model.shared.weight`, `model.encoder.*`,
+  `model.decoder.*`), tied weights written once as `model.shared.weight` (as
+  `save_pretrained` does), and `final_logits_bias` only when it is non-zero: HF initialises a
+  missing one to zeros (`_keys_to_ignore_on_load_missing`), so an all-zero bias left out keeps
+  both `AutoModel` (`BartModel`, for which the bias would be unexpected) and
+  `BartForConditionalGeneration` free of missing and unexpected keys.
+
+Reading (`from_hf_state_dict`) accepts the prefixed and unprefixed layouts (`roberta.`,
+`model.`), HF's tied copies (`model.encoder.embed_tokens.weight`,
+`model.decoder.embed_tokens.weight`, `lm_head.weight`: must equal `model.shared.weight`),
+drops non-parameter buffers of old checkpoints (`embeddings.position_ids`, `*.version`), and
+sets aside task-head tensors (`classifier.*`, `lm_head.*`, `qa_outputs.*`,
+`classification_head.*`), which `load` logs and `read_tensors` still returns to whoever needs
+them. A checkpoint without RoBERTa's pooler (e.g. saved from `RobertaForSequenceClassification`)
+keeps the randomly initialised pooler, and one without `final_logits_bias` keeps zeros, as in
+`transformers`; both are logged. Any other missing or unexpected tensor, or a shape mismatch,
+raises a ValueError that names the tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import transformers
+from absl import logging
+from flax import nnx
+
+from muppet_jax.models import bart
+from muppet_jax.models import roberta
+
+Backbone = roberta.RobertaModel | bart.BartModel
+HFConfig = transformers.RobertaConfig | transformers.BartConfig
+Dtype = Any
+
+_SAFETENSORS = 'model.safetensors'
+_SAFETENSORS_INDEX = 'model.safetensors.index.json'
+_TORCH = 'pytorch_model.bin'
+_TORCH_INDEX = 'pytorch_model.bin.index.json'
+
+# BART: HF's tied copies of `model.shared.weight`.
+_BART_SHARED = 'model.shared.weight'
+_BART_TIED = ('model.encoder.embed_tokens.weight', 'model.decoder.embed_tokens.weight',
+              'lm_head.weight')
+_BART_LM_BIAS = 'final_logits_bias'
+# Task heads of HF *For* classes: not backbone parameters; set aside, logged, never an error.
+_HEAD_PREFIXES = {
+    'roberta': ('classifier.', 'lm_head.', 'qa_outputs.'),
+    'bart': ('classification_head.', 'qa_outputs.', 'lm_head.'),
+}
+# Non-parameter buffers some (older) checkpoints carry; dropped silently, as transformers does.
+_BUFFER_SUFFIXES = ('embeddings.position_ids', 'embeddings.token_type_ids', 'encoder.version',
+                    'decoder.version', 'embed_positions._float_tensor')
+
+
+# ---------------------------------------------------------------------------------------------
+# Building models
+# ---------------------------------------------------------------------------------------------
+
+
+def config_from_shape(
+    model_type: str,
+    *,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int,
+    vocab_size: int,
+    dropout: float,
+    attention_dropout: float,
+    pad_token_id: int = 1,
+    bos_token_id: int = 0,
+    eos_token_id: int = 2,
+) -> HFConfig:
+  """A `RobertaConfig` or `BartConfig` for random init from `config.model` shape fields.
+
+  Values not given follow the released checkpoints (roberta-base/large: `type_vocab_size=1`,
+  `layer_norm_eps=1e-5`, gelu; bart-base/large: gelu, no embedding scale, decoder start = eos).
+  For BART, `num_layers` is per stack and `max_position_embeddings` excludes the offset of 2;
+  for RoBERTa it includes the padding offset (514 for 512 tokens), as in HF configs.
+  """
+  if vocab_size <= 0:
+    raise ValueError(f'vocab_size must be positive, got {vocab_size} (resolve 0 = the '
+                     'tokenizer size before calling).')
+  if model_type == 'roberta':
+    return transformers.RobertaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=intermediate_size,
+        hidden_act='gelu', hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=attention_dropout,
+        max_position_embeddings=max_position_embeddings, type_vocab_size=1,
+        layer_norm_eps=1e-5, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id, architectures=['RobertaModel'])
+  if model_type == 'bart':
+    return transformers.BartConfig(
+        vocab_size=vocab_size, d_model=hidden_size, encoder_layers=num_layers,
+        decoder_layers=num_layers, encoder_attention_heads=num_heads,
+        decoder_attention_heads=num_heads, encoder_ffn_dim=intermediate_size,
+        decoder_ffn_dim=intermediate_size, max_position_embeddings=max_position_embeddings,
+        activation_function='gelu', dropout=dropout, attention_dropout=attention_dropout,
+        activation_dropout=0.0, scale_embedding=False, pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+        decoder_start_token_id=eos_token_id, forced_eos_token_id=eos_token_id,
+        architectures=['BartForConditionalGeneration'])
+  raise ValueError(f"model_type must be 'roberta' or 'bart', got {model_type!r}.")
+
+
+def build(
+    hf_config: HFConfig,
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    remat: str = 'none',
+    rngs: nnx.Rngs | None = None,
+) -> Backbone:
+  """A randomly initialised backbone for `hf_config` (`rngs` default: `nnx.Rngs(0)`)."""
+  rngs = nnx.Rngs(0) if rngs is None else rngs
+  kw = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+  if hf_config.model_type == 'roberta':
+    return roberta.RobertaModel(hf_config, **kw)
+  if hf_config.model_type == 'bart':
+    return bart.BartModel(hf_config, **kw)
+  raise ValueError(f'Unsupported model_type {hf_config.model_type!r} (roberta or bart).')
+
+
+# ---------------------------------------------------------------------------------------------
+# Name mapping
+# ---------------------------------------------------------------------------------------------
+
+
+def _model_type(model: Backbone) -> str:
+  if isinstance(model, roberta.RobertaModel):
+    return 'roberta'
+  if isinstance(model, bart.BartModel):
+    return 'bart'
+  raise TypeError(f'Expected a RobertaModel or BartModel, got {type(model).__name__}.')
+
+
+def _default_prefix(model_type: str) -> str:
+  return 'model.' if model_type == 'bart' else ''
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  """One backbone tensor: our variable and its HF name and shape."""
+
+  variable: nnx.Variable
+  hf_shape: tuple[int, ...]
+  transpose: bool  # Linear kernel: HF stores [out, in].
+
+
+_LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
+
+
+def _entries(model: Backbone, prefix: str) -> Iterator[tuple[str, _Entry]]:
+  """(HF name, entry) for every parameter (and buffer) of the backbone."""
+  for path, node in nnx.iter_graph(model):
+    if not isinstance(node, (nnx.Param, bart.Buffer)):
+      continue
+    shape = tuple(node.shape)
+    if path == ('final_logits_bias',):
+      yield _BART_LM_BIAS, _Entry(node, (1,) + shape, False)
+      continue
+    *parents, leaf = path
+    if leaf not in _LEAF_NAMES:
+      raise AssertionError(f'No HF name for parameter {path}.')
+    transpose = leaf == 'kernel'
+    name = prefix + '.'.join(str(p) for p in parents) + '.' + _LEAF_NAMES[leaf]
+    yield name, _Entry(node, shape[::-1] if transpose else shape, transpose)
+
+
+def to_hf_state_dict(model: Backbone, *, prefix: str | None = None) -> dict[str, np.ndarray]:
+  """The backbone's tensors under their PyTorch names, as contiguous numpy arrays.
+
+  Args:
+    model: a `RobertaModel` or `BartModel`.
+    prefix: prepended to every name except BART's `final_logits_bias`. Default: '' for RoBERTa
+      (HF `RobertaModel`), 'model.' for BART (`BartForConditionalGeneration`). The export of a
+      `RobertaForSequenceClassification` would pass 'roberta.' and drop the `pooler.*` tensors,
+      which that class does not have.
+
+  Returns:
+    name -> array in the parameter dtype. Includes RoBERTa's `pooler.dense.*` and BART's
+    `final_logits_bias` (`[1, V]`) even when zero; tied BART weights appear once, as
+    `{prefix}shared.weight`.
+  """
+  prefix = _default_prefix(_model_type(model)) if prefix is None else prefix
+  out = {}
+  for name, entry in _entries(model, prefix):
+    value = np.asarray(jax.device_get(entry.variable[...]))
+    value = value.T if entry.transpose else value
+    out[name] = np.ascontiguousarray(value.reshape(entry.hf_shape))
+  return out
+
+
+@dataclasses.dataclass
+class LoadReport:
+  """What `from_hf_state_dict` did besides loading every backbone tensor.
+
+  Attributes:
+    ignored: checkpoint tensors that are not backbone parameters (task heads), by name.
+    defaulted: backbone tensors absent from the checkpoint that kept their initial value
+      (RoBERTa `pooler.dense.*`, BART `final_logits_bias`).
+  """
+
+  ignored: list[str] = dataclasses.field(default_factory=list)
+  defaulted: list[str] = dataclasses.field(default_factory=list)
+
+
+def _is_optional(model_type: str, name: str) -> bool:
+  if model_type == 'roberta':
+    return name.startswith('pooler.')
+  return name == _BART_LM_BIAS
+
+
+def _canonical_name(model_type: str, name: str) -> str:
+  """Maps a checkpoint name onto the layout `to_hf_state_dict` writes by default."""
+  if model_type == 'roberta':
+    return name[len('roberta.'):] if name.startswith('roberta.') else name
+  if name.split('.', 1)[0] in ('shared', 'encoder', 'decoder'):  # A saved HF BartModel.
+    return 'model.' + name
+  return name
+
+
+def from_hf_state_dict(model: Backbone, tensors: Mapping[str, np.ndarray]) -> LoadReport:
+  """Loads HF-named tensors into `model` in place (cast to each parameter's dtype).
+
+  Args:
+    model: a `RobertaModel` or `BartModel` of the checkpoint's shape.
+    tensors: name -> array, any of the layouts described in the module docstring.
+
+  Returns:
+    A `LoadReport` of the ignored head tensors and the defaulted optional tensors.
+
+  Raises:
+    ValueError: on a missing or unexpected tensor, a shape mismatch, or tied copies that differ;
+      the message names the tensors.
+  """
+  model_type = _model_type(model)
+  expected = dict(_entries(model, _default_prefix(model_type)))
+  report = LoadReport()
+  found: dict[str, np.ndarray] = {}
+  origin: dict[str, str] = {}
+  unexpected = []
+  tied: dict[str, np.ndarray] = {}
+  for raw_name, value in tensors.items():
+    name = _canonical_name(model_type, raw_name)
+    if name in expected:
+      if name in found:
+        raise ValueError(f'Tensor {name!r} appears twice in the checkpoint: as '
+                         f'{origin[name]!r} and as {raw_name!r}.')
+      found[name], origin[name] = value, raw_name
+    elif model_type == 'bart' and name in _BART_TIED:
+      tied[name] = value
+    elif raw_name.endswith(_BUFFER_SUFFIXES):
+      logging.debug('Dropping non-parameter buffer %s.', raw_name)
+    elif raw_name.startswith(_HEAD_PREFIXES[model_type]):
+      report.ignored.append(raw_name)
+    else:
+      unexpected.append(raw_name)
+  if unexpected:
+    raise ValueError(f'Unexpected tensors in the checkpoint (not part of the {model_type} '
+                     f'backbone): {sorted(unexpected)}.')
+
+  if tied:  # BART: HF's copies of the shared embedding must be the shared embedding.
+    if _BART_SHARED not in found:
+      first = sorted(tied)[0]
+      found[_BART_SHARED], origin[_BART_SHARED] = tied[first], first
+    shared = np.asarray(found[_BART_SHARED])
+    for name, value in sorted(tied.items()):
+      value = np.asarray(value)
+      if value.shape != shared.shape or not np.array_equal(value, shared):
+        raise ValueError(f'Tensor {name!r} should be tied to {_BART_SHARED!r} but differs '
+                         f'(shape {value.shape} vs {shared.shape}); untied embeddings or LM '
+                         'heads are not supported.')
+
+  missing = [n for n in expected if n not in found and not _is_optional(model_type, n)]
+  if missing:
+    raise ValueError(f'Missing tensors in the checkpoint for the {model_type} backbone: '
+                     f'{sorted(missing)}.')
+  mismatched = [
+      f'{origin[n]}: checkpoint {tuple(np.shape(found[n]))} vs model {e.hf_shape}'
+      for n, e in expected.items()
+      if n in found and tuple(np.shape(found[n])) != e.hf_shape
+  ]
+  if mismatched:
+    raise ValueError('Shape mismatch between checkpoint and model config for tensors: '
+                     + '; '.join(mismatched) + '.')
+
+  for name, entry in expected.items():
+    if name not in found:
+      report.defaulted.append(name)
+      continue
+    value = np.asarray(found[name])
+    value = value.T if entry.transpose else value
+    value = value.reshape(entry.variable.shape)
+    entry.variable[...] = jnp.asarray(value, dtype=entry.variable.dtype)
+  return report
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_load(path: str) -> dict[str, np.ndarray]:
+  import torch  # pylint: disable=import-outside-toplevel  (only for .bin checkpoints)
+
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  out = {}
+  for name, tensor in state.items():
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits.
+      import ml_dtypes  # pylint: disable=import-outside-toplevel
+      out[name] = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    else:
+      out[name] = tensor.numpy()
+  return out
+
+
+def _safetensors_load(path: str) -> dict[str, np.ndarray]:
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+
+  return safetensors.numpy.load_file(path)
+
+
+def _load_sharded(directory: str, index_file: str, load_fn) -> dict[str, np.ndarray]:
+  with open(os.path.join(directory, index_file)) as f:
+    weight_map = json.load(f)['weight_map']
+  out = {}
+  for shard in sorted(set(weight_map.values())):
+    out.update(load_fn(os.path.join(directory, shard)))
+  missing = sorted(set(weight_map) - set(out))
+  if missing:
+    raise ValueError(f'{index_file} lists tensors that no shard holds: {missing}.')
+  return out
+
+
+def read_tensors(directory: str) -> dict[str, np.ndarray]:
+  """All tensors of a HF checkpoint directory, by their PyTorch names (heads included).
+
+  Looks for, in order: model.safetensors, model.safetensors.index.json (sharded),
+  pytorch_model.bin, pytorch_model.bin.index.json (sharded).
+  """
+  if os.path.exists(os.path.join(directory, _SAFETENSORS)):
+    return _safetensors_load(os.path.join(directory, _SAFETENSORS))
+  if os.path.exists(os.path.join(directory, _SAFETENSORS_INDEX)):
+    return _load_sharded(directory, _SAFETENSORS_INDEX, _safetensors_load)
+  if os.path.exists(os.path.join(directory, _TORCH)):
+    return _torch_load(os.path.join(directory, _TORCH))
+  if os.path.exists(os.path.join(directory, _TORCH_INDEX)):
+    return _load_sharded(directory, _TORCH_INDEX, _torch_load)
+  raise FileNotFoundError(
+      f'No weights in {directory}: expected one of {_SAFETENSORS}, {_SAFETENSORS_INDEX}, '
+      f'{_TORCH}, {_TORCH_INDEX}.')
+
+
+def _resolve(path_or_hub_id: str) -> str:
+  """A local directory, downloading a hub id's config and weights when it is not one."""
+  if os.path.isdir(path_or_hub_id):
+    return path_or_hub_id
+  import huggingface_hub  # pylint: disable=import-outside-toplevel
+
+  logging.info('%s is not a local directory; downloading it from the Hugging Face hub.',
+               path_or_hub_id)
+  directory = huggingface_hub.snapshot_download(
+      path_or_hub_id, allow_patterns=['config.json', '*.safetensors', _SAFETENSORS_INDEX])
+  if not any(f.endswith('.safetensors') for f in os.listdir(directory)):
+    directory = huggingface_hub.snapshot_download(
+        path_or_hub_id, allow_patterns=['config.json', 'pytorch_model*.bin', _TORCH_INDEX])
+  return directory
+
+
+def load(
+    path_or_hub_id: str,
+    *,
+    dtype: Dtype = jnp.float32,
+    param_dtype: Dtype = jnp.float32,
+    remat: str = 'none',
+    rngs: nnx.Rngs | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Backbone, HFConfig]:
+  """Loads a HF RoBERTa or BART checkpoint as our backbone.
+
+  Args:
+    path_or_hub_id: a directory with config.json and safetensors / pytorch_model.bin weights
+      (sharded or not), or a hub id (downloaded; needs network access).
+    dtype: compute dtype.
+    param_dtype: parameter dtype (checkpoint tensors are cast to it).
+    remat: per-layer rematerialisation, 'none' | 'full' | 'dots_saveable'.
+    rngs: init and dropout RNGs (default `nnx.Rngs(0)`); the init only matters for tensors
+      the checkpoint lacks (see `LoadReport.defaulted`).
+    overrides: config attributes to replace before building, e.g. dropout rates
+      (`{'hidden_dropout_prob': 0.1}`); shape attributes must still match the checkpoint.
+
+  Returns:
+    `(model, hf_config)`; `hf_config` is the checkpoint's `transformers` config.
+  """
+  directory = _resolve(path_or_hub_id)
+  hf_config = transformers.AutoConfig.from_pretrained(directory)
+  for key, value in (overrides or {}).items():
+    if not hasattr(hf_config, key):
+      raise ValueError(f'{type(hf_config).__name__} has no attribute {key!r} to override.')
+    setattr(hf_config, key, value)
+  model = build(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+  report = from_hf_state_dict(model, read_tensors(directory))
+  if report.ignored:
+    logging.info('Loaded the %s backbone from %s; ignored %d task-head tensors: %s',
+                 hf_config.model_type, path_or_hub_id, len(report.ignored), report.ignored)
+  if report.defaulted:
+    logging.warning('%s has no %s; kept their initial values (as transformers does).',
+                    path_or_hub_id, report.defaulted)
+  return model, hf_config
+
+
+def save(model: Backbone, hf_config: HFConfig, path: str) -> None:
+  """Writes `path/config.json` and `path/model.safetensors` (PyTorch names, see module doc).
+
+  The directory loads with `transformers.AutoModel.from_pretrained(path)` (and, for BART,
+  `BartForConditionalGeneration.from_pretrained(path)`) with no missing or unexpected keys.
+  """
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+
+  model_type = _model_type(model)
+  if hf_config.model_type != model_type:
+    raise ValueError(f'hf_config is for {hf_config.model_type!r} but the model is {model_type}.')
+  tensors = to_hf_state_dict(model)
+  if model_type == 'bart' and not np.any(tensors[_BART_LM_BIAS]):
+    del tensors[_BART_LM_BIAS]  # HF re-creates it as zeros (see module docstring).
+  config = copy.deepcopy(hf_config)
+  config.architectures = ['RobertaModel' if model_type == 'roberta'
+                          else 'BartForConditionalGeneration']
+  dtypes = {v.dtype for v in tensors.values()}
+  if len(dtypes) == 1:  # Record the storage dtype, as save_pretrained does.
+    config.dtype = np.dtype(dtypes.pop()).name
+  os.makedirs(path, exist_ok=True)
+  config.save_pretrained(path)
+  safetensors.numpy.save_file(tensors, os.path.join(path, _SAFETENSORS),
+                              metadata={'format': 'pt'})

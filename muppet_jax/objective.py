@@ -1,0 +1,397 @@
+"""The per-slot MUPPET objective: family dispatch, log(n) loss scaling and R3F.
+
+`slot_loss` is what `step.py` differentiates for each slot (one device's sub-batch of one task
+at one accumulation step; docs/ARCHITECTURE.md section 2):
+
+    loss = masked_mean over the slot's real examples e of
+             loss_e / log(n_e)  +  lambda * symKL_e          (R3F term only when enabled)
+
+- The family is a traced scalar, so the computation is a `lax.switch` with one branch per family
+  the run needs (built from the task table; summarization only for BART), and one cheap branch
+  returning zeros for any family id the run does not have. Only the slot's own branch runs.
+  Every branch returns the same pytree of shapes; no collective is used inside a branch (the
+  step does all of them outside, DESIGN.md section 5).
+- Each slot's loss is a mean over its examples, so after the step averages slots every slot
+  (hence every task drawn) weighs the same: the paper's "gradients from each task are averaged
+  before the model update". fairseq would instead weigh by sample size.
+- R3F (Aghajanyan et al. 2020; the authors' fairseq examples/rxf): a second forward of the same
+  model on noised token embeddings, noise ~ U(-eps, eps) or N(0, eps) added to the raw
+  token-embedding lookup (before embedding scale and positions). Classification, multiple
+  choice and span start the noised path from `stop_gradient(embed_tokens(ids))`
+  (sentence_prediction_r3f: `token_embeddings.detach().clone() + noise`); summarization from
+  `embed_tokens(ids)` itself (label_smoothed_cross_entropy_r3f: `token_embeddings.clone() +
+  noise`, gradient flows into the table through the noised pass too). The symmetric KL between
+  clean and noised output distributions (float32 softmax, summed over the output axis) is one
+  value per example: classes / choices; span: start KL + end KL over the candidate positions;
+  summarization: per target token, then averaged over the example's real target tokens
+  (fairseq sums over all tokens, padding included; here padding is excluded). Gradients flow
+  through both passes. With R3F off no second forward is traced. R3F is applied whenever
+  `settings.r3f` is on, whatever `deterministic` is (fairseq ties it to `model.training`; here
+  the step decides by calling `slot_loss` for training and `slot_predictions` for evaluation).
+
+Randomness is a pure function of the `rng` argument (the step passes a per-slot key): it is
+split into a dropout key and a noise key; the dropout key reseeds every RNG stream of a private
+copy of the model (`nnx.reseed`), so the same key gives the same dropout masks whatever the
+model's stored stream state, and nothing in the caller's model is mutated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from muppet_jax import losses
+from muppet_jax.data.features import Family, TaskTable
+from muppet_jax.models.muppet import MuppetModel
+
+Batch = dict[str, jax.Array]
+
+NOISE_TYPES = ('uniform', 'normal')
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveSettings:
+  """Static settings of the objective (hashable: part of the compiled program)."""
+
+  model_type: str = 'roberta'  # 'roberta' or 'bart' (config.model.type).
+  loss_scaling: bool = True  # Divide each example's loss by log(n) (train.loss_scaling).
+  label_smoothing: float = 0.1  # Summarization label smoothing (train.label_smoothing).
+  r3f: bool = False  # R3F symmetric-KL term (train.r3f.enabled).
+  r3f_lambda: float = 1.0  # Weight of the term (train.r3f.lambda_).
+  r3f_eps: float = 1e-5  # Noise scale (train.r3f.eps).
+  r3f_noise: str = 'uniform'  # 'uniform' U(-eps, eps) or 'normal' N(0, eps) (train.r3f.noise).
+  # Vocabulary size of the LM head; summarization logits beyond it (a padded embedding table)
+  # are dropped. 0 = all logits.
+  vocab_size: int = 0
+  # Longest answer (tokens) `slot_predictions` considers for span tasks (HF's default 30).
+  max_answer_length: int = 30
+
+  def __post_init__(self):
+    if self.model_type not in ('roberta', 'bart'):
+      raise ValueError(f'unknown model type {self.model_type!r}')
+    if self.r3f_noise not in NOISE_TYPES:
+      raise ValueError(f'train.r3f.noise must be one of {NOISE_TYPES}, got {self.r3f_noise!r}')
+    if not 0. <= self.label_smoothing < 1.:
+      raise ValueError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict,
+                  vocab_size: int = 0) -> 'ObjectiveSettings':
+    """Settings from the experiment config (`model.type`, `train.*`)."""
+    t = config.train
+    return cls(model_type=config.model.type, loss_scaling=bool(t.loss_scaling),
+               label_smoothing=float(t.label_smoothing), r3f=bool(t.r3f.enabled),
+               r3f_lambda=float(t.r3f.lambda_), r3f_eps=float(t.r3f.eps),
+               r3f_noise=str(t.r3f.noise), vocab_size=int(vocab_size))
+
+
+@flax.struct.dataclass
+class SlotMetrics:
+  """Scalars (float32; float64 under jax_enable_x64) describing one slot's objective."""
+
+  loss: jax.Array  # The objective: task_loss + lambda * sym_kl (what is differentiated).
+  task_loss: jax.Array  # Mean over real examples of the log(n)-scaled task loss.
+  unscaled_loss: jax.Array  # Mean over real examples of the raw task loss (no log(n), no R3F).
+  sym_kl: jax.Array  # Mean over real examples of the R3F symmetric KL (0 when off).
+  num_examples: jax.Array  # Real examples in the slot.
+  correct: jax.Array  # Correct predictions (classification, choice; span: start and end).
+
+
+@flax.struct.dataclass
+class SlotPredictions:
+  """Per-example predictions of one slot (dropout off, no R3F); `[E]` each."""
+
+  label: jax.Array  # int32 argmax class / choice (0 for span and summarization).
+  span_start: jax.Array  # int32 best span's first token within row e (span tasks; else 0).
+  span_end: jax.Array  # int32 best span's last token (start <= end < start + max length).
+  loss: jax.Array  # float32 unscaled task loss of the example.
+
+
+@flax.struct.dataclass
+class _FamilyResult:
+  """What every family branch returns, `[E]` each (rows padded to E for span/summarization)."""
+
+  loss: jax.Array  # float32 unscaled per-example task loss.
+  sym_kl: jax.Array  # float32 per-example symmetric KL (0 without R3F).
+  correct: jax.Array  # float32 1.0 where the prediction is right.
+  label: jax.Array  # int32
+  span_start: jax.Array  # int32
+  span_end: jax.Array  # int32
+
+
+def _pad_rows(x: jax.Array, num_examples: int) -> jax.Array:
+  """`[R]` per-row values -> `[E]` (example e = row e; rows R..E-1 are not examples)."""
+  return jnp.pad(x, (0, num_examples - x.shape[0]))
+
+
+def split_slot_rng(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The slot key (typed or raw uint32[2]) -> (dropout key, R3F noise key)."""
+  if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
+  dropout_key, noise_key = jax.random.split(rng)
+  return dropout_key, noise_key
+
+
+def r3f_noise(key: jax.Array, shape: tuple[int, ...], dtype,
+              settings: ObjectiveSettings) -> jax.Array:
+  """R3F's embedding noise: U(-eps, eps) or N(0, eps) (eps the standard deviation), as
+  fairseq's `torch.distributions.Uniform(-eps, eps)` / `Normal(0, eps)`."""
+  eps = settings.r3f_eps
+  if settings.r3f_noise == 'uniform':
+    noise = jax.random.uniform(key, shape, jnp.float32, -eps, eps)
+  else:
+    noise = eps * jax.random.normal(key, shape, jnp.float32)
+  return noise.astype(dtype)
+
+
+def _noised_embeddings(model: MuppetModel, input_ids: jax.Array, key: jax.Array,
+                       settings: ObjectiveSettings, stop_gradient: bool) -> jax.Array:
+  """R3F's noised raw token embeddings `[R, L, H]` (in the lookup's dtype: the backbones look up
+  in the parameter dtype, float32 by default, so that a 1e-5 perturbation survives; in
+  bfloat16 it would mostly round away)."""
+  embeddings = model.embed_tokens(input_ids)
+  if stop_gradient:
+    embeddings = jax.lax.stop_gradient(embeddings)
+  return embeddings + r3f_noise(key, embeddings.shape, embeddings.dtype, settings)
+
+
+def _classification(model: MuppetModel, batch: Batch, noise_key: jax.Array,
+                    settings: ObjectiveSettings, deterministic: bool, r3f: bool,
+                    predict: bool) -> _FamilyResult:
+  del predict  # argmax is the prediction either way.
+  out = model.classify(batch, None, deterministic)
+  labels = batch['labels']
+  loss = losses.cross_entropy(out.logits, labels, out.class_mask)
+  label = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
+  sym_kl = jnp.zeros_like(loss)
+  if r3f:
+    noised = model.classify(
+        batch, _noised_embeddings(model, batch['input_ids'], noise_key, settings, True),
+        deterministic)
+    sym_kl = losses.symmetric_kl(out.logits, noised.logits, out.class_mask)
+  zeros = jnp.zeros_like(label)
+  return _FamilyResult(loss=loss, sym_kl=sym_kl, correct=(label == labels).astype(jnp.float32),
+                       label=label, span_start=zeros, span_end=zeros)
+
+
+def _multiple_choice(model: MuppetModel, batch: Batch, noise_key: jax.Array,
+                     settings: ObjectiveSettings, deterministic: bool, r3f: bool,
+                     predict: bool) -> _FamilyResult:
+  del predict
+  out = model.choose(batch, None, deterministic)
+  labels = batch['labels']
+  loss = losses.sentence_ranking(out.logits, labels, out.choice_mask)
+  label = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
+  sym_kl = jnp.zeros_like(loss)
+  if r3f:
+    noised = model.choose(
+        batch, _noised_embeddings(model, batch['input_ids'], noise_key, settings, True),
+        deterministic)
+    sym_kl = losses.symmetric_kl(out.logits, noised.logits, out.choice_mask)
+  zeros = jnp.zeros_like(label)
+  return _FamilyResult(loss=loss, sym_kl=sym_kl, correct=(label == labels).astype(jnp.float32),
+                       label=label, span_start=zeros, span_end=zeros)
+
+
+def best_spans(start_logits: jax.Array, end_logits: jax.Array, position_mask: jax.Array,
+               max_answer_length: int) -> tuple[jax.Array, jax.Array]:
+  """Highest start + end score with start <= end < start + max_answer_length, per row.
+
+  Args:
+    start_logits, end_logits: `[R, L]`.
+    position_mask: `[R, L]` bool candidate positions.
+    max_answer_length: longest span in tokens.
+
+  Returns:
+    (start `[R]`, end `[R]`) int32.
+  """
+  length = start_logits.shape[-1]
+  scores = (start_logits.astype(jnp.float32)[:, :, None] +
+            end_logits.astype(jnp.float32)[:, None, :])  # [R, L(start), L(end)]
+  offset = jnp.arange(length)[None, :] - jnp.arange(length)[:, None]  # end - start
+  valid = ((offset >= 0) & (offset < max_answer_length))[None]
+  valid = valid & position_mask[:, :, None] & position_mask[:, None, :]
+  best = jnp.argmax(jnp.where(valid, scores, -jnp.inf).reshape(scores.shape[0], -1), axis=-1)
+  return (best // length).astype(jnp.int32), (best % length).astype(jnp.int32)
+
+
+def _span(model: MuppetModel, batch: Batch, noise_key: jax.Array, settings: ObjectiveSettings,
+          deterministic: bool, r3f: bool, predict: bool) -> _FamilyResult:
+  out = model.span(batch, None, deterministic)
+  rows = out.start_logits.shape[0]
+  num_examples = batch['example_mask'].shape[0]
+  start, end = batch['span_start'][:rows], batch['span_end'][:rows]
+  loss = losses.span_loss(out.start_logits, out.end_logits, start, end, out.position_mask)
+  if predict:
+    pred_start, pred_end = best_spans(out.start_logits, out.end_logits, out.position_mask,
+                                      settings.max_answer_length)
+  else:  # Training accuracy: independent argmaxes (cheap; no [R, L, L] score matrix).
+    pred_start = jnp.argmax(out.start_logits, axis=-1).astype(jnp.int32)
+    pred_end = jnp.argmax(out.end_logits, axis=-1).astype(jnp.int32)
+  sym_kl = jnp.zeros_like(loss)
+  if r3f:
+    noised = model.span(
+        batch, _noised_embeddings(model, batch['input_ids'], noise_key, settings, True),
+        deterministic)
+    sym_kl = (losses.symmetric_kl(out.start_logits, noised.start_logits, out.position_mask) +
+              losses.symmetric_kl(out.end_logits, noised.end_logits, out.position_mask))
+  correct = ((pred_start == start) & (pred_end == end)).astype(jnp.float32)
+  pad = lambda x: _pad_rows(x, num_examples)
+  return _FamilyResult(loss=pad(loss), sym_kl=pad(sym_kl), correct=pad(correct),
+                       label=jnp.zeros_like(batch['labels']), span_start=pad(pred_start),
+                       span_end=pad(pred_end))
+
+
+def _summarization(model: MuppetModel, batch: Batch, noise_key: jax.Array,
+                   settings: ObjectiveSettings, deterministic: bool, r3f: bool,
+                   predict: bool) -> _FamilyResult:
+  del predict  # Generation (beam search) is not part of the step.
+  out = model.summarize(batch, None, deterministic)
+  logits = out.logits
+  if settings.vocab_size and logits.shape[-1] > settings.vocab_size:
+    logits = logits[..., :settings.vocab_size]
+  num_examples = batch['example_mask'].shape[0]
+  loss = losses.label_smoothed_cross_entropy(logits, batch['decoder_target_ids'],
+                                             out.target_mask, settings.label_smoothing)
+  sym_kl = jnp.zeros_like(loss)
+  if r3f:
+    noised = model.summarize(
+        batch, _noised_embeddings(model, batch['input_ids'], noise_key, settings, False),
+        deterministic).logits
+    if settings.vocab_size and noised.shape[-1] > settings.vocab_size:
+      noised = noised[..., :settings.vocab_size]
+    per_token = losses.symmetric_kl(logits, noised)  # [R, Ld]
+    sym_kl = losses.masked_mean(per_token, out.target_mask, axis=-1)
+  zeros = jnp.zeros_like(batch['labels'])
+  return _FamilyResult(loss=_pad_rows(loss, num_examples), sym_kl=_pad_rows(sym_kl, num_examples),
+                       correct=jnp.zeros(num_examples, jnp.float32), label=zeros,
+                       span_start=zeros, span_end=zeros)
+
+
+_FAMILY_FNS = {
+    Family.CLASSIFICATION: _classification,
+    Family.MULTIPLE_CHOICE: _multiple_choice,
+    Family.SPAN: _span,
+    Family.SUMMARIZATION: _summarization,
+}
+
+
+def _absent_family(model, batch, noise_key, settings, deterministic, r3f, predict):
+  """Branch for family ids the run does not have: zeros, derived from the batch (so that they
+  carry the batch's device-varying type inside shard_map like the other branches' outputs)."""
+  del model, noise_key, settings, deterministic, r3f, predict
+  zero_f = batch['loss_n'].astype(jnp.float32) * 0.
+  zero_i = batch['labels'] * 0
+  return _FamilyResult(loss=zero_f, sym_kl=zero_f, correct=zero_f, label=zero_i,
+                       span_start=zero_i, span_end=zero_i)
+
+
+def run_families(task_table: TaskTable, settings: ObjectiveSettings) -> tuple[Family, ...]:
+  """The families this run's branches cover, in branch order."""
+  present = tuple(f for f in Family if task_table.has_family(f))
+  if Family.SUMMARIZATION in present and settings.model_type != 'bart':
+    names = [n for n, f in zip(task_table.names, task_table.families)
+             if f == Family.SUMMARIZATION]
+    raise ValueError(f'summarization tasks {names} need model.type=bart')
+  return present
+
+
+def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: TaskTable,
+              settings: ObjectiveSettings, deterministic: bool, r3f: bool,
+              predict: bool) -> _FamilyResult:
+  """Runs the slot's family branch on a private functional copy of the model."""
+  families = run_families(task_table, settings)
+  fns = [_FAMILY_FNS[f] for f in families]
+  branch_of_family = np.full(len(Family), len(fns), np.int32)  # absent -> the zeros branch
+  for i, f in enumerate(families):
+    branch_of_family[int(f)] = i
+  if np.any(branch_of_family == len(fns)):
+    fns.append(_absent_family)
+
+  dropout_key, noise_key = split_slot_rng(rng)
+  graphdef, state = nnx.split(model)
+
+  def make_branch(fn):
+    def branch(state, batch):
+      # A fresh copy inside the branch's trace: dropout streams can advance freely here, and
+      # nothing leaks into the caller's model.
+      m = nnx.merge(graphdef, state)
+      if not deterministic:
+        _reseed(m, dropout_key)
+      return fn(m, batch, noise_key, settings, deterministic, r3f, predict)
+    return branch
+
+  branches = [_uniform_dtypes(make_branch(fn)) for fn in fns]
+  if len(branches) == 1:
+    return branches[0](state, batch)
+  index = jnp.asarray(branch_of_family)[jnp.clip(batch['family_id'], 0, len(Family) - 1)]
+  return jax.lax.switch(index, branches, state, batch)
+
+
+def _uniform_dtypes(branch):
+  """Casts a branch's result to float32/int32 (float64 under jax_enable_x64), so that all
+  branches agree whatever the model's compute dtype (lax.switch needs identical types)."""
+  float_dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+
+  def wrapped(*args):
+    r = branch(*args)
+    return _FamilyResult(
+        loss=r.loss.astype(float_dtype), sym_kl=r.sym_kl.astype(float_dtype),
+        correct=r.correct.astype(float_dtype), label=r.label.astype(jnp.int32),
+        span_start=r.span_start.astype(jnp.int32), span_end=r.span_end.astype(jnp.int32))
+  return wrapped
+
+
+def _reseed(model: nnx.Module, key: jax.Array) -> None:
+  """Reseeds every RNG stream of `model` from `key` (deterministic in the graph order)."""
+  tags = sorted({v.key.tag for _, v in nnx.iter_graph(model) if isinstance(v, nnx.RngStream)})
+  if tags:
+    nnx.reseed(model, **{t: jax.random.fold_in(key, i) for i, t in enumerate(tags)})
+
+
+def slot_loss(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: TaskTable,
+              settings: ObjectiveSettings, deterministic: bool = False
+              ) -> tuple[jax.Array, SlotMetrics]:
+  """One slot's objective and its metrics.
+
+  Args:
+    model: the MUPPET model (not mutated).
+    batch: one slot's sub-batch (ARCHITECTURE.md section 2; no leading axes).
+    rng: the slot's key (typed or raw uint32[2]); dropout masks and R3F noise derive from it.
+    task_table: the run's tasks (static).
+    settings: the objective's static settings.
+    deterministic: True turns dropout off (R3F still applies when enabled).
+
+  Returns:
+    (loss [] float32, SlotMetrics). The loss is the masked mean over the slot's real examples
+    of `loss_e / log(n_e) + lambda * symKL_e`; 0 for a slot without real examples.
+  """
+  result = _dispatch(model, batch, rng, task_table=task_table, settings=settings,
+                     deterministic=deterministic, r3f=settings.r3f, predict=False)
+  mask = batch['example_mask'].astype(bool)
+  scaled = losses.log_n_scale(result.loss, batch['loss_n'], settings.loss_scaling)
+  per_example = scaled + settings.r3f_lambda * result.sym_kl if settings.r3f else scaled
+  loss = losses.masked_mean(per_example, mask)
+  metrics = SlotMetrics(
+      loss=loss,
+      task_loss=losses.masked_mean(scaled, mask),
+      unscaled_loss=losses.masked_mean(result.loss, mask),
+      sym_kl=losses.masked_mean(result.sym_kl, mask),
+      num_examples=jnp.sum(mask).astype(loss.dtype),
+      correct=jnp.sum(jnp.where(mask, result.correct, 0.)).astype(loss.dtype))
+  return loss, metrics
+
+
+def slot_predictions(model: MuppetModel, batch: Batch, *, task_table: TaskTable,
+                     settings: ObjectiveSettings) -> SlotPredictions:
+  """Per-example predictions and unscaled losses of one slot, dropout off, no R3F."""
+  result = _dispatch(model, batch, jax.random.key(0), task_table=task_table, settings=settings,
+                     deterministic=True, r3f=False, predict=True)
+  return SlotPredictions(label=result.label, span_start=result.span_start,
+                         span_end=result.span_end, loss=result.loss)

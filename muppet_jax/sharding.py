@@ -1,0 +1,145 @@
+"""Device mesh, parameter partitioning from logical axis names, and host-local -> global batches.
+
+The mesh has a `data` axis (one task sub-batch per device: MUPPET's heterogeneous batches) and a
+`model` axis for tensor parallelism (size 1 by default). Model code names logical axes on its
+parameters (`vocab`, `embed`, `mlp`, `heads`, `positions`, `heads_stack`); `LOGICAL_RULES` maps
+them onto mesh axes. With `mesh.model == 1` every parameter is replicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = 'data'
+MODEL = 'model'
+
+# Logical parameter axis -> mesh axis. Feed-forward, attention-head and vocabulary dimensions
+# are split over `model` (Megatron-style); the residual `embed` dimension stays whole.
+LOGICAL_RULES: dict[str, str | None] = {
+    'vocab': MODEL,
+    'embed': None,
+    'mlp': MODEL,
+    'heads': MODEL,
+    'kv': None,
+    'positions': None,
+    'layers': None,
+    'heads_stack': None,
+}
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process run when launched as one (call before touching devices).
+
+  Explicit settings come from the environment variables the launch/ scripts set:
+  MUPPET_COORDINATOR_ADDRESS (host:port of process 0), MUPPET_NUM_PROCESSES,
+  MUPPET_PROCESS_ID and optionally MUPPET_LOCAL_DEVICE_IDS (comma-separated). Without them,
+  Cloud TPU pods are detected by JAX itself
+  (MUPPET_AUTO_DISTRIBUTED=1 forces `jax.distributed.initialize()` with auto-detection, e.g.
+  under SLURM); a plain single-process run does nothing.
+  """
+  address = os.environ.get('MUPPET_COORDINATOR_ADDRESS')
+  if address:
+    # CPU devices of different processes exchange collectives through gloo (tests, laptops);
+    # the setting does not touch GPU/TPU backends. Nothing may query devices before this.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    local_ids = os.environ.get('MUPPET_LOCAL_DEVICE_IDS')  # e.g. SLURM_LOCALID: one GPU each.
+    jax.distributed.initialize(
+        coordinator_address=address,
+        num_processes=int(os.environ['MUPPET_NUM_PROCESSES']),
+        process_id=int(os.environ['MUPPET_PROCESS_ID']),
+        local_device_ids=[int(i) for i in local_ids.split(',')] if local_ids else None)
+  elif os.environ.get('MUPPET_AUTO_DISTRIBUTED') == '1' or os.environ.get('TPU_WORKER_HOSTNAMES'):
+    jax.distributed.initialize()
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshLayout:
+  """The mesh and the facts about it the trainer needs."""
+
+  mesh: Mesh
+  data_size: int  # D: devices on the data axis (one slot each per accumulation step).
+  local_data_indices: tuple[int, ...]  # Positions on the data axis fed by this process.
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    """Sharding of a global batch laid out as [A, D, ...]."""
+    return NamedSharding(self.mesh, P(None, DATA))
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+
+def make_mesh(mesh_config, devices=None) -> MeshLayout:
+  """Builds the (data, model) mesh from `config.mesh`; data = -1 takes every device left."""
+  devices = list(jax.devices() if devices is None else devices)
+  model = int(mesh_config.model)
+  if model < 1 or len(devices) % model:
+    raise ValueError(f'mesh.model={model} must divide the {len(devices)} devices')
+  data = int(mesh_config.data)
+  if data == -1:
+    data = len(devices) // model
+  if data < 1 or data * model > len(devices):
+    raise ValueError(f'mesh.data={mesh_config.data} x mesh.model={model} needs '
+                     f'{data * model} devices; {len(devices)} are available')
+  if data * model < len(devices):
+    devices = devices[:data * model]
+  grid = np.asarray(devices, dtype=object).reshape(data, model)
+  mesh = Mesh(grid, (DATA, MODEL))
+  me = jax.process_index()
+  local = tuple(i for i in range(data) if any(d.process_index == me for d in grid[i]))
+  return MeshLayout(mesh=mesh, data_size=data, local_data_indices=local)
+
+
+def _logical_names(variable) -> tuple | None:
+  meta = variable.get_metadata() if hasattr(variable, 'get_metadata') else {}
+  for key in ('sharding_names', 'sharding'):
+    names = meta.get(key)
+    if names is not None:
+      return tuple(names)
+  return None
+
+
+def logical_to_mesh_spec(names: tuple | None, ndim: int,
+                         rules: dict[str, str | None] = LOGICAL_RULES) -> P:
+  """PartitionSpec for a parameter with logical axis `names` (None = replicated)."""
+  if names is None:
+    return P()
+  if len(names) != ndim:
+    raise ValueError(f'logical names {names} do not match a rank-{ndim} parameter')
+  mesh_axes = []
+  for name in names:
+    if name is not None and name not in rules:
+      raise KeyError(f'logical axis {name!r} has no sharding rule; known: {sorted(rules)}')
+    mesh_axes.append(None if name is None else rules[name])
+  return P(*mesh_axes)
+
+
+def state_shardings(mesh: Mesh, state: nnx.State,
+                    rules: dict[str, str | None] = LOGICAL_RULES) -> nnx.State:
+  """NamedSharding for every leaf of an NNX state, from its logical axis metadata."""
+
+  def one(variable):
+    value = variable.get_value() if hasattr(variable, 'get_value') else variable.value
+    spec = logical_to_mesh_spec(_logical_names(variable), np.ndim(value), rules)
+    # A mesh axis of size 1 shards nothing: keep those parameters simply replicated.
+    spec = P(*[a if a is not None and mesh.shape[a] > 1 else None for a in spec])
+    return variable.replace(NamedSharding(mesh, spec))
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def global_batch(layout: MeshLayout, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Host-local slots [A, D_local, ...] -> one global array [A, D, ...] sharded over `data`."""
+
+  def place(x):
+    global_shape = (x.shape[0], layout.data_size) + x.shape[2:]
+    return jax.make_array_from_process_local_data(layout.batch_sharding, x, global_shape)
+
+  return {k: place(v) for k, v in local_batch.items()}

@@ -1,0 +1,175 @@
+"""Pure train and eval steps: heterogeneous slots, gradient accumulation, one optimizer update.
+
+One update has S = A x D slots (A accumulation steps, D devices on the mesh's `data` axis); slot
+s = a * D + d is device d's sub-batch at accumulation step a and holds one task's examples.
+Inside `jax.shard_map` over `data`, every device scans over its A slots: it computes its slot's
+family loss (`objective.slot_loss`, a `lax.switch` on the family, so only that family's
+computation runs) and its gradient, and sums them. Outside the scan, one `pmean` averages the
+gradients over devices. Every slot weighs the same (the paper: "the gradients from each task are
+averaged"); fairseq instead weighs by sample size.
+
+Two pitfalls shape the code (DESIGN.md section 5): replicated parameters are made
+device-varying with `pcast` before `grad` and `switch`, so that JAX does not insert a psum inside
+each branch; and every collective sits outside the branches and the scan.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from muppet_jax import objective
+from muppet_jax import predict
+from muppet_jax.data.features import TaskTable
+from muppet_jax.sharding import DATA
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (the model's graph is static, kept aside)."""
+
+  step: jax.Array  # [] int32, updates done.
+  params: nnx.State  # Trainable parameters (nnx.Param).
+  rest: nnx.State  # Other model state (e.g. R4F power-iteration vectors, RNG counters).
+  opt_state: optax.OptState
+  rng: jax.Array  # Base key; each slot's key is derived from (rng, step, slot).
+
+
+@flax.struct.dataclass
+class StepMetrics:
+  """Per-update metrics; per-task arrays are indexed by task id (fixed size T)."""
+
+  loss: jax.Array  # [] mean of the slot objectives (what the gradient is of).
+  grad_norm: jax.Array  # [] global gradient norm before clipping.
+  learning_rate: jax.Array  # [] learning rate of this update.
+  task_loss: jax.Array  # [T] summed slot objectives per task.
+  task_unscaled_loss: jax.Array  # [T] summed unscaled task losses (no log(n), no R3F).
+  task_sym_kl: jax.Array  # [T] summed R3F symmetric KL.
+  task_slots: jax.Array  # [T] slots per task.
+  task_examples: jax.Array  # [T] examples per task.
+  task_correct: jax.Array  # [T] correct predictions per task (classification, choice).
+  tokens: jax.Array  # [] real (non-pad) encoder + decoder tokens in the update.
+
+
+def slot_rng(base: jax.Array, step: jax.Array, slot: jax.Array) -> jax.Array:
+  """The key of slot `slot` at update `step`: independent of how slots map onto devices."""
+  return jax.random.fold_in(jax.random.fold_in(base, step), slot)
+
+
+def _per_task(task_id: jax.Array, value: jax.Array, num_tasks: int) -> jax.Array:
+  return jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32) * value.astype(jnp.float32)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, task_table: TaskTable,
+                    settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh
+                    ) -> Callable[[TrainState, dict[str, jax.Array]],
+                                  tuple[TrainState, StepMetrics]]:
+  """Returns the pure train step `(state, batch [A, D, ...]) -> (state, metrics)`.
+
+  Jit it where it is called, with the state's shardings and `donate_argnums=0`.
+  """
+  num_tasks = len(task_table)
+  num_devices = mesh.shape[DATA]
+
+  def slot_objective(params, rest, slot_batch, rng):
+    model = nnx.merge(graphdef, params, rest)
+    loss, slot_metrics = objective.slot_loss(
+        model, slot_batch, rng, task_table=task_table, settings=settings, deterministic=False)
+    return loss, slot_metrics
+
+  grad_fn = jax.value_and_grad(slot_objective, has_aux=True)
+
+  def per_device(params, rest, batch, rng, step):
+    """Runs on one device: batch fields are [A, 1, ...] (this device's slots)."""
+    # Make the replicated parameters device-varying before grad/switch (DESIGN.md pitfall).
+    params = jax.tree.map(lambda p: jax.lax.pcast(p, DATA, to='varying'), params)
+    rest = jax.tree.map(lambda p: jax.lax.pcast(p, DATA, to='varying'), rest)
+    device = jax.lax.axis_index(DATA)
+    local = jax.tree.map(lambda x: x[:, 0], batch)  # [A, ...]
+    accum_steps = local['task_id'].shape[0]
+
+    def accumulate(carry, inputs):
+      grads_sum, metric_sums = carry
+      a, slot_batch = inputs
+      slot = a * num_devices + device
+      (loss, m), grads = grad_fn(params, rest, slot_batch, slot_rng(rng, step, slot))
+      task = slot_batch['task_id']
+      tokens = (jnp.sum(slot_batch['segment_ids'] > 0) + jnp.sum(slot_batch['decoder_mask']))
+      sums = {
+          'loss': loss,
+          'task_loss': _per_task(task, loss, num_tasks),
+          'task_unscaled_loss': _per_task(task, m.unscaled_loss, num_tasks),
+          'task_sym_kl': _per_task(task, m.sym_kl, num_tasks),
+          'task_slots': _per_task(task, jnp.float32(1), num_tasks),
+          'task_examples': _per_task(task, m.num_examples, num_tasks),
+          'task_correct': _per_task(task, m.correct, num_tasks),
+          'tokens': tokens.astype(jnp.float32),
+      }
+      grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+      metric_sums = jax.tree.map(jnp.add, metric_sums, sums)
+      return (grads_sum, metric_sums), None
+
+    zero_metrics = {
+        'loss': jnp.float32(0), 'tokens': jnp.float32(0),
+        **{k: jnp.zeros((num_tasks,), jnp.float32) for k in (
+            'task_loss', 'task_unscaled_loss', 'task_sym_kl', 'task_slots', 'task_examples',
+            'task_correct')}}
+    zero_metrics = jax.tree.map(lambda x: jax.lax.pcast(x, DATA, to='varying'), zero_metrics)
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    (grads_sum, metric_sums), _ = jax.lax.scan(
+        accumulate, (zero_grads, zero_metrics), (jnp.arange(accum_steps), local))
+    # The only collectives of the step: average gradients, add metrics, over all S slots.
+    grads = jax.lax.pmean(jax.tree.map(lambda g: g / accum_steps, grads_sum), DATA)
+    metric_sums = jax.lax.psum(metric_sums, DATA)
+    return grads, metric_sums
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    sharded = jax.shard_map(
+        per_device, mesh=mesh,
+        in_specs=(P(), P(), P(None, DATA), P(), P()),
+        out_specs=(P(), P()),
+        axis_names=frozenset({DATA}))
+    grads, sums = sharded(state.params, state.rest, batch, state.rng, state.step)
+    num_slots = batch['task_id'].shape[0] * batch['task_id'].shape[1]
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = StepMetrics(
+        loss=sums['loss'] / num_slots, grad_norm=grad_norm,
+        learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
+        task_loss=sums['task_loss'], task_unscaled_loss=sums['task_unscaled_loss'],
+        task_sym_kl=sums['task_sym_kl'], task_slots=sums['task_slots'],
+        task_examples=sums['task_examples'], task_correct=sums['task_correct'],
+        tokens=sums['tokens'])
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, task_table: TaskTable, mesh: jax.sharding.Mesh):
+  """Returns `(params, rest, batch [A, D, ...]) -> SlotPredictions [A, D, ...]`.
+
+  Every device predicts its own slots with dropout off; there are no collectives.
+  """
+
+  def per_device(params, rest, batch):
+    model = nnx.merge(graphdef, params, rest)
+    local = jax.tree.map(lambda x: x[:, 0], batch)
+    preds = jax.lax.map(lambda b: predict.slot_predictions(model, b, task_table=task_table),
+                        local)
+    return jax.tree.map(lambda x: x[:, None], preds)
+
+  def eval_step(params, rest, batch):
+    return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(None, DATA)),
+                         out_specs=P(None, DATA), axis_names=frozenset({DATA}))(
+                             params, rest, batch)
+
+  return eval_step

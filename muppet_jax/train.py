@@ -1,0 +1,383 @@
+"""The MUPPET training loop, top to bottom.
+
+  1. Mesh        devices -> (data, model) mesh; S = grad_accum x data slots per update.
+  2. Data        tokenizer, the mixture's tasks and their TaskTable, this host's input pipeline.
+  3. State       the model (random init or `model.init_from`), optimizer, train state.
+  4. Restore     the newest checkpoint in the workdir, if any (params, optimizer, RNG, input).
+  5. Compile     the train step, jitted once with explicit shardings and donated state.
+  6. Train       step, log, checkpoint, evaluate; SIGTERM saves a checkpoint and stops.
+  7. Finish      final checkpoint and evaluation (held-out metrics per task are printed).
+
+`run(config, workdir)` is what `main.py` and notebooks call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from muppet_jax import checkpoint as checkpoint_lib
+from muppet_jax import evaluation
+from muppet_jax import metrics_log
+from muppet_jax import objective
+from muppet_jax import optim
+from muppet_jax import sharding
+from muppet_jax import step as step_lib
+from muppet_jax.data import batching
+from muppet_jax.data import pipeline as pipeline_lib
+from muppet_jax.data import sampler as sampler_lib
+from muppet_jax.data import tasks
+from muppet_jax.data import vocab as vocab_lib
+from muppet_jax.data.features import BatchShape, Family, TaskTable
+from muppet_jax.models import hf
+from muppet_jax.models import muppet
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What a finished (or preempted) run reports."""
+
+  step: int  # Updates done.
+  preempted: bool  # Stopped by SIGTERM after saving a checkpoint.
+  first_losses: list[float]  # Logged losses, in order (for quick checks in notebooks).
+  eval_metrics: dict[str, dict[str, float]]  # Final held-out metrics per task.
+
+
+@dataclasses.dataclass
+class DataSetup:
+  """The run's tokenizer and tasks."""
+
+  vocab: vocab_lib.HFVocabulary
+  task_names: tuple[str, ...]
+  rates: tuple[float, ...]
+  task_table: TaskTable
+  shape: BatchShape
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks between steps (no work inside the handler)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. some notebook runners): no handler.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint after this step')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def setup_data(config: ml_collections.ConfigDict, workdir: str) -> DataSetup:
+  """Tokenizer and task table of the run, with the checks that need both."""
+  vocab = vocab_lib.HFVocabulary(resolve_tokenizer(config, workdir))
+  mixture = tasks.mixture_tasks(config.data.mixture)
+  if config.data.num_tasks > 0:
+    mixture = mixture[:config.data.num_tasks]  # The paper's number-of-tasks study (5.1).
+  names = tuple(name for name, _ in mixture)
+  rates = tuple(float(rate) for _, rate in mixture)
+  records = [tasks.record_for_task(name) for name in names]
+  table = TaskTable.build(names, [int(r.family) for r in records],
+                          [r.num_classes for r in records])
+  summarization = [n for n, r in zip(names, records) if r.family == Family.SUMMARIZATION]
+  if summarization and config.model.type != 'bart':
+    raise ValueError(
+        f'mixture {config.data.mixture!r} has summarization tasks {summarization}, which need an '
+        "encoder-decoder: use model.type='bart' or an encoder mixture such as muppet_encoder")
+  return DataSetup(vocab=vocab, task_names=names, rates=rates, task_table=table,
+                   shape=BatchShape.from_config(config.data))
+
+
+def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Directory or hub id of the run's tokenizer (`data.tokenizer`, else `model.init_from`)."""
+  if config.data.tokenizer == 'demo':
+    from muppet_jax.data import demo  # pylint: disable=g-import-not-at-top
+    return demo.build_tokenizer(os.path.join(workdir, 'tokenizer'))
+  if config.data.tokenizer:
+    return config.data.tokenizer
+  if config.model.init_from:
+    return config.model.init_from
+  raise ValueError("data.tokenizer is empty and model.init_from is empty: set one of them "
+                   "(or data.tokenizer='demo' for the offline demo)")
+
+
+def build_model(config: ml_collections.ConfigDict, data: DataSetup) -> muppet.MuppetModel:
+  """Random init from `config.model`, or the backbone of `model.init_from` plus new heads."""
+  rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  dtype = muppet._dtype(config.model.dtype)  # pylint: disable=protected-access
+  param_dtype = muppet._dtype(config.model.param_dtype)  # pylint: disable=protected-access
+  if config.model.init_from:
+    backbone, hf_config = hf.load(config.model.init_from, dtype=dtype, param_dtype=param_dtype,
+                                  remat=config.model.remat, rngs=rngs)
+    if hf_config.model_type != config.model.type:
+      raise ValueError(f'model.init_from={config.model.init_from!r} is a '
+                       f'{hf_config.model_type!r} checkpoint but model.type is '
+                       f'{config.model.type!r}')
+  else:
+    backbone = None
+    hf_config = hf.config_from_shape(
+        config.model.type, hidden_size=config.model.hidden_size,
+        num_layers=config.model.num_layers, num_heads=config.model.num_heads,
+        intermediate_size=config.model.intermediate_size,
+        max_position_embeddings=config.model.max_position_embeddings,
+        vocab_size=config.model.vocab_size or data.vocab.vocab_size,
+        dropout=config.model.dropout, attention_dropout=config.model.attention_dropout,
+        pad_token_id=data.vocab.pad_id, bos_token_id=data.vocab.bos_id,
+        eos_token_id=data.vocab.eos_id)
+  _check_fits(config, data, hf_config)
+  return muppet.build_model(config, hf_config, data.task_table, rngs=rngs, backbone=backbone)
+
+
+def _check_fits(config, data: DataSetup, hf_config) -> None:
+  """Sequence lengths and vocabulary must fit the model (clear errors instead of garbage)."""
+  max_pos = hf_config.max_position_embeddings
+  # RoBERTa's positions start after the padding index; BART's learned positions at 0 (+2 rows).
+  usable = max_pos - (hf_config.pad_token_id + 1) if config.model.type == 'roberta' else max_pos
+  for key in ('length', 'decoder_length'):
+    if config.data[key] > usable:
+      raise ValueError(f'data.{key}={config.data[key]} is too long for the model: '
+                       f'max_position_embeddings={max_pos} allows {usable} tokens per row')
+  if data.vocab.vocab_size > hf_config.vocab_size:
+    raise ValueError(f'the tokenizer has {data.vocab.vocab_size} tokens but the model\'s '
+                     f'vocabulary has {hf_config.vocab_size}: they do not belong together')
+
+
+def _config_record(config: ml_collections.ConfigDict, data: DataSetup) -> dict:
+  record = json.loads(config.to_json_best_effort())
+  record['tasks'] = list(data.task_names)
+  return record
+
+
+def make_pipeline(config, data: DataSetup, layout: sharding.MeshLayout
+                  ) -> pipeline_lib.InputPipeline:
+  """This host's input pipeline: slots s = a * D + d for its devices d, every a."""
+  accum, devices = config.train.grad_accum, layout.data_size
+  local_slots = [a * devices + d for a in range(accum) for d in layout.local_data_indices]
+  builder = batching.SubBatchBuilder(
+      data.shape, data.vocab, data.task_table, model_type=config.model.type,
+      span_stride=config.data.span_stride)
+  sampler = sampler_lib.TaskSampler(data.rates, seed=config.seed,
+                                    strategy=config.data.batching)
+
+  def stream_factory(task_name: str, shard_index: int, num_shards: int):
+    return tasks.family_examples(
+        task_name, 'train', shuffle=True, seed=config.seed, shard_index=shard_index,
+        num_shards=num_shards, repeat=True)
+
+  return pipeline_lib.InputPipeline(
+      data.task_names, data.rates, data.task_table, builder, sampler,
+      stream_factory=stream_factory, slots=local_slots, num_slots=accum * devices,
+      seed=config.seed)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
+  """Trains (or resumes) the run described by `config` in `workdir`."""
+  workdir = os.fspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+
+  # ----- 1. Mesh ------------------------------------------------------------------------------
+  layout = sharding.make_mesh(config.mesh)
+  accum = int(config.train.grad_accum)
+  if accum < 1:
+    raise ValueError(f'train.grad_accum must be >= 1, got {accum}')
+  logging.info('mesh %s: %d slots per update (%d devices x %d accumulation steps)',
+               dict(layout.mesh.shape), accum * layout.data_size, layout.data_size, accum)
+
+  # ----- 2. Data ------------------------------------------------------------------------------
+  data = setup_data(config, workdir)
+  pipeline = make_pipeline(config, data, layout)
+  logging.info('%d tasks: %s', len(data.task_names),
+               ', '.join(f'{n} ({r:.3f})' for n, r in zip(data.task_names, data.rates)))
+
+  # ----- 3. State -----------------------------------------------------------------------------
+  model = build_model(config, data)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optim.build(config.optim, config.train.steps)
+  schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
+  settings = objective.ObjectiveSettings.from_config(config, data.vocab.vocab_size)
+  state = step_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(config.seed + 2)))
+  state_sharding = _state_sharding(layout, state)
+  state = jax.device_put(state, state_sharding)
+
+  # ----- 4. Restore ---------------------------------------------------------------------------
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=config.train.keep_checkpoints, save_every=config.train.checkpoint_every)
+  config_record = _config_record(config, data)
+  if checkpointer.latest_step() is not None:
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
+    restored = checkpointer.restore(abstract, config_record)
+    state = restored.state
+    pipeline.restore(restored.data_state)
+    logging.info('resumed from %s at step %d', checkpointer.directory, restored.step)
+  start_step = int(state.step)
+
+  # ----- 5. Compile ---------------------------------------------------------------------------
+  train_step = jax.jit(
+      step_lib.make_train_step(graphdef, tx, schedule, data.task_table, settings, layout.mesh),
+      in_shardings=(state_sharding, layout.batch_sharding),
+      out_shardings=(state_sharding, layout.replicated),
+      donate_argnums=0)
+  eval_runner = evaluation.Evaluator(graphdef=graphdef, data=data, config=config,
+                                     layout=layout)
+
+  # ----- 6. Train -----------------------------------------------------------------------------
+  logger = metrics_log.MetricsLogger(workdir, total_steps=config.train.steps,
+                                     is_chief=jax.process_index() == 0, resume_step=start_step)
+  # On CPU, collective programs dispatched back to back can time out in the rendezvous
+  # (DESIGN.md pitfall): wait for each step there. Elsewhere, sync only at log steps.
+  block_every_step = jax.default_backend() == 'cpu'
+  losses, eval_metrics = [], {}
+  window = _Window(len(data.task_names))
+  preempted = False
+  step = start_step
+  with _Preemption() as preemption:
+    while step < config.train.steps:
+      local = pipeline.next_batch(step)
+      batch = sharding.global_batch(layout, _as_slots(local, accum))
+      state, metrics = train_step(state, batch)
+      step += 1
+      if block_every_step:
+        jax.block_until_ready(metrics.loss)
+      window.add(metrics)
+      if step % config.train.log_every == 0 or step == config.train.steps:
+        record = window.flush(data.task_names)
+        losses.append(record['loss'])
+        _raise_if_not_finite(record, step)
+        logger.write(step, record)
+        logger.progress(step, record['loss'], record['tokens_per_s'])
+      stop = preemption.requested or checkpointer.reached_preemption(step)
+      if stop or step == config.train.steps or checkpointer.should_save(step):
+        checkpointer.save(step, state, _global_pipeline_state(pipeline),
+                          json.dumps(config_record), force=True)
+      if stop:
+        preempted = True
+        break
+      if config.train.eval_every and step % config.train.eval_every == 0 and \
+          step < config.train.steps:
+        eval_metrics = eval_runner.run(state.params, state.rest)
+        logger.write(step, {'eval': eval_metrics})
+
+  # ----- 7. Finish ----------------------------------------------------------------------------
+  checkpointer.wait()
+  if not preempted:
+    eval_metrics = eval_runner.run(state.params, state.rest)
+    logger.write(step, {'eval': eval_metrics})
+    evaluation.print_summary(eval_metrics, step)
+  checkpointer.close()
+  logger.close()
+  return RunResult(step=step, preempted=preempted, first_losses=losses,
+                   eval_metrics=eval_metrics)
+
+
+def _global_pipeline_state(pipeline: pipeline_lib.InputPipeline) -> dict:
+  """The input position of every process (each holds only its own slots), merged."""
+  state = pipeline.state()
+  if jax.process_count() == 1:
+    return state
+  encoded = np.frombuffer(json.dumps(state).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.int32(encoded.size))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:encoded.size] = encoded
+  gathered = multihost_utils.process_allgather(padded)
+  states = [json.loads(bytes(row[:size]).decode()) for row, size in zip(gathered, sizes)]
+  return pipeline_lib.merge_states(states)
+
+
+def _state_sharding(layout: sharding.MeshLayout, state: step_lib.TrainState):
+  """Parameters (and their optimizer moments) from logical axes; everything else replicated."""
+  param_sharding = sharding.state_shardings(layout.mesh, state.params)
+  replicated = layout.replicated
+
+  def like_params(tree):
+    # Adam moments mirror the params tree; scalars (counts) are replicated.
+    return jax.tree.map(lambda _: replicated, tree)
+
+  return step_lib.TrainState(
+      step=replicated, params=param_sharding,
+      rest=jax.tree.map(lambda _: replicated, state.rest),
+      opt_state=like_params(state.opt_state), rng=replicated)
+
+
+def _as_slots(local: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
+  """[A * D_local, ...] (slot order a-major) -> [A, D_local, ...]."""
+  return {k: v.reshape((accum, -1) + v.shape[1:]) for k, v in local.items()}
+
+
+class _Window:
+  """Sums step metrics on device between log steps (no host sync in between)."""
+
+  def __init__(self, num_tasks: int):
+    self.num_tasks = num_tasks
+    self._sum = None
+    self._steps = 0
+    self._start = time.time()
+    self._last_lr = None
+
+  def add(self, metrics: step_lib.StepMetrics) -> None:
+    self._sum = metrics if self._sum is None else jax.tree.map(jnp.add, self._sum, metrics)
+    self._last_lr = metrics.learning_rate
+    self._steps += 1
+
+  def flush(self, task_names) -> dict:
+    totals = jax.device_get(self._sum)
+    elapsed = max(time.time() - self._start, 1e-9)
+    record = {
+        'loss': float(totals.loss) / self._steps,
+        'learning_rate': float(jax.device_get(self._last_lr)),
+        'tokens_per_s': float(totals.tokens) / elapsed,
+        'grad_norm': float(totals.grad_norm) / self._steps,
+    }
+    for i, name in enumerate(task_names):
+      slots = float(totals.task_slots[i])
+      if slots == 0:
+        continue
+      examples = float(totals.task_examples[i])
+      entry = {
+          'loss': float(totals.task_loss[i]) / slots,
+          'unscaled_loss': float(totals.task_unscaled_loss[i]) / slots,
+          'slots': slots,
+          'examples': examples,
+      }
+      if float(totals.task_sym_kl[i]):
+        entry['sym_kl'] = float(totals.task_sym_kl[i]) / slots
+      if float(totals.task_correct[i]) and examples:
+        entry['accuracy'] = float(totals.task_correct[i]) / examples
+      record[name] = entry
+    self._sum, self._steps, self._start = None, 0, time.time()
+    return record
+
+
+def _raise_if_not_finite(record: dict, step: int) -> None:
+  if math.isfinite(record['loss']):
+    return
+  bad = [name for name, entry in record.items()
+         if isinstance(entry, dict) and not math.isfinite(entry['loss'])]
+  raise FloatingPointError(
+      f'non-finite loss at step {step} (logged window); tasks with a non-finite loss: '
+      f'{bad or "none identified"}. Lower optim.learning_rate, enable optim.clip_norm, or '
+      'inspect these tasks with `python -m muppet_jax.data.inspect`.')

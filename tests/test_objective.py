@@ -1,0 +1,432 @@
+"""The per-slot objective: family dispatch, log(n) scaling, R3F (values, gradients, stop-gradient)
+and the compile cost of many classification heads."""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+from flax import nnx
+
+from muppet_jax import config_lib, losses, objective
+from muppet_jax.data.features import BatchShape, Family, TaskTable
+from muppet_jax.models import muppet
+
+PAD, BOS, EOS = 1, 0, 2
+VOCAB, HIDDEN = 40, 16
+SHAPE = BatchShape(rows=2, length=12, max_examples=4, max_choices=3, decoder_length=5)
+
+# Tasks of the RoBERTa tests: two classification tasks, one multiple-choice, one span task.
+TABLE = TaskTable.build(['c2', 'c3', 'mc', 'span'],
+                        [Family.CLASSIFICATION, Family.CLASSIFICATION, Family.MULTIPLE_CHOICE,
+                         Family.SPAN], [2, 3, 0, 0])
+BART_TABLE = TaskTable.build(['c2', 'summ'], [Family.CLASSIFICATION, Family.SUMMARIZATION],
+                             [2, 0])
+
+
+def _hf_config(kind: str):
+  if kind == 'roberta':
+    return transformers.RobertaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=SHAPE.length + 4, type_vocab_size=1,
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, initializer_range=0.2,
+        hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.1)
+  return transformers.BartConfig(
+      vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=1, decoder_layers=1,
+      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+      decoder_ffn_dim=32, max_position_embeddings=SHAPE.length + 4, pad_token_id=PAD,
+      bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=EOS, init_std=0.2,
+      dropout=0.3)
+
+
+def _model(kind='roberta', table=TABLE, dtype='float32', seed=0, **train):
+  config = config_lib.default()
+  config.model.type = kind
+  config.model.dtype = config.model.param_dtype = dtype
+  for key, value in train.items():
+    config.train[key] = value
+  model = muppet.build_model(config, _hf_config(kind), table,
+                             rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+  return model, config
+
+
+def _settings(config, **overrides):
+  s = objective.ObjectiveSettings.from_config(config, VOCAB)
+  return objective.ObjectiveSettings(**{**s.__dict__, **overrides})
+
+
+def _pack(rows: list[list[int]], seed: int = 0) -> tuple[dict[str, np.ndarray], list]:
+  """Packs segments of the given lengths into rows: `<s> random... </s>` each.
+
+  Returns the zero-filled sub-batch with input_ids / segment_ids / positions set, and per
+  segment (row, start, end) in order.
+  """
+  rng = np.random.default_rng(seed)
+  b = SHAPE.zeros()
+  b['input_ids'][:] = PAD
+  segments = []
+  for r, lengths in enumerate(rows):
+    col = 0
+    for k, n in enumerate(lengths):
+      b['input_ids'][r, col:col + n] = np.concatenate([[BOS], rng.integers(3, VOCAB, n - 2),
+                                                       [EOS]])
+      b['segment_ids'][r, col:col + n] = k + 1
+      b['positions'][r, col:col + n] = np.arange(n)
+      segments.append((r, col, col + n))
+      col += n
+  return b, segments
+
+
+def _classification_batch(task_id=1, labels=(2, 0, 1)):
+  b, segs = _pack([[5, 4], [6]])
+  b['task_id'], b['family_id'] = np.int32(task_id), np.int32(Family.CLASSIFICATION)
+  for e, (r, s, _) in enumerate(segs):
+    b['example_index'][e, 0] = r * SHAPE.length + s
+    b['choice_mask'][e, 0] = True
+    b['example_mask'][e] = True
+    b['labels'][e] = labels[e]
+    b['loss_n'][e] = TABLE.num_classes[task_id]
+  return b
+
+
+def _choice_batch():
+  # Example 0 has 3 choices, example 1 has 2 (its third is padding); example 2, 3: empty.
+  b, segs = _pack([[4, 4, 4], [5, 5]], seed=1)
+  b['task_id'], b['family_id'] = np.int32(2), np.int32(Family.MULTIPLE_CHOICE)
+  for k, (e, c) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]):
+    r, s, _ = segs[k]
+    b['example_index'][e, c] = r * SHAPE.length + s
+    b['choice_mask'][e, c] = True
+  b['example_mask'][:2] = True
+  b['labels'][:2] = [2, 1]
+  b['loss_n'][:2] = [3, 2]
+  return b
+
+
+def _span_batch():
+  b, _ = _pack([[10], [7]], seed=2)
+  b['task_id'], b['family_id'] = np.int32(3), np.int32(Family.SPAN)
+  b['span_mask'][0, [0, 5, 6, 7, 8]] = True  # <s> and the context tokens
+  b['span_mask'][1, [0, 3, 4, 5]] = True
+  b['span_start'][:2], b['span_end'][:2] = [5, 4], [7, 5]
+  b['example_mask'][:2] = True
+  b['loss_n'][:2] = b['span_mask'].sum(-1)
+  return b
+
+
+def _summarization_batch():
+  b, _ = _pack([[10], [7]], seed=3)
+  b['task_id'], b['family_id'] = np.int32(1), np.int32(Family.SUMMARIZATION)
+  rng = np.random.default_rng(4)
+  targets = [np.concatenate([rng.integers(3, VOCAB, 3), [EOS]]),
+             np.concatenate([rng.integers(3, VOCAB, 1), [EOS]])]
+  b['decoder_input_ids'][:] = PAD
+  for r, t in enumerate(targets):
+    b['decoder_target_ids'][r, :len(t)] = t
+    b['decoder_input_ids'][r, :len(t)] = np.concatenate([[EOS], t[:-1]])
+    b['decoder_mask'][r, :len(t)] = True
+  b['example_mask'][:2] = True
+  b['loss_n'][:2] = VOCAB
+  return b
+
+
+def _jnp(b):
+  return jax.tree.map(jnp.asarray, b)
+
+
+def _loss(model, b, settings, table=TABLE, key=0, deterministic=True):
+  return objective.slot_loss(model, _jnp(b), jax.random.key(key), task_table=table,
+                             settings=settings, deterministic=deterministic)
+
+
+# --- Values against hand computations ------------------------------------------------------------
+
+
+@pytest.mark.parametrize('scaling', [True, False])
+def test_classification_slot_loss(scaling):
+  model, config = _model()
+  settings = _settings(config, loss_scaling=scaling)
+  b = _classification_batch()
+  loss, m = _loss(model, b, settings)
+  logits = np.asarray(model.classify(_jnp(b)).logits, np.float64)[:3, :3]
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ce = -log_probs[np.arange(3), b['labels'][:3]]
+  scale = np.log(3.) if scaling else 1.
+  np.testing.assert_allclose(float(loss), (ce / scale).mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(m.unscaled_loss), ce.mean(), rtol=1e-5)
+  assert float(m.loss) == float(loss) == float(m.task_loss)
+  assert float(m.sym_kl) == 0. and float(m.num_examples) == 3.
+  assert float(m.correct) == (log_probs.argmax(-1) == b['labels'][:3]).sum()
+
+
+def test_multiple_choice_slot_loss_masks_padded_choices():
+  model, config = _model()
+  b = _choice_batch()
+  loss, m = _loss(model, b, _settings(config))
+  scores = np.asarray(model.choose(_jnp(b)).logits, np.float64)
+  want = []
+  for e, n in enumerate([3, 2]):
+    s = scores[e, :n]
+    want.append(-(s[b['labels'][e]] - np.log(np.exp(s).sum())) / np.log(n))
+  np.testing.assert_allclose(float(loss), np.mean(want), rtol=1e-5)
+  assert float(m.num_examples) == 2.
+
+
+def test_span_slot_loss_scales_by_candidate_positions():
+  model, config = _model()
+  b = _span_batch()
+  loss, m = _loss(model, b, _settings(config))
+  out = model.span(_jnp(b))
+  want = []
+  for r in range(2):
+    valid = b['span_mask'][r]
+    per = []
+    for logits, gold in ((out.start_logits, b['span_start'][r]), (out.end_logits,
+                                                                  b['span_end'][r])):
+      x = np.asarray(logits, np.float64)[r]
+      per.append(-(x[gold] - np.log(np.exp(x[valid]).sum())))
+    want.append(np.mean(per) / np.log(valid.sum()))
+  np.testing.assert_allclose(float(loss), np.mean(want), rtol=1e-5)
+  # Predictions: the best valid span.
+  preds = objective.slot_predictions(model, _jnp(b), task_table=TABLE, settings=_settings(config))
+  for r in range(2):
+    s, e = int(preds.span_start[r]), int(preds.span_end[r])
+    assert b['span_mask'][r, s] and b['span_mask'][r, e] and s <= e
+
+
+def test_summarization_slot_loss_label_smoothing_and_vocab_scaling():
+  model, config = _model('bart', BART_TABLE)
+  settings = _settings(config, label_smoothing=0.1)
+  b = _summarization_batch()
+  loss, m = _loss(model, b, settings, BART_TABLE)
+  logits = np.asarray(model.summarize(_jnp(b)).logits, np.float64)
+  lprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  eps, eps_i = 0.1, 0.1 / (VOCAB - 1)
+  want = []
+  for r in range(2):
+    mask = b['decoder_mask'][r]
+    t = b['decoder_target_ids'][r][mask]
+    lp = lprobs[r][mask]
+    per_token = (1 - eps - eps_i) * -lp[np.arange(len(t)), t] + eps_i * -lp.sum(-1)
+    want.append(per_token.mean() / np.log(VOCAB))
+  np.testing.assert_allclose(float(loss), np.mean(want), rtol=1e-5)
+  assert float(m.correct) == 0.
+
+
+def test_absent_family_gives_zeros_and_empty_slot_is_finite():
+  model, config = _model()
+  b = _summarization_batch()  # a family this (RoBERTa) run does not have
+  loss, m = _loss(model, b, _settings(config))
+  assert float(loss) == 0. and float(m.unscaled_loss) == 0.
+  b = _classification_batch()
+  b['example_mask'][:] = False
+  loss, m = _loss(model, b, _settings(config))
+  assert float(loss) == 0. and float(m.num_examples) == 0.
+  with pytest.raises(ValueError, match='model.type=bart'):
+    objective.run_families(BART_TABLE, _settings(config))
+
+
+def test_dropout_depends_only_on_the_rng_and_leaves_the_model_alone():
+  model, config = _model()
+  settings = _settings(config)
+  snapshot = lambda: [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key) else x) for x in jax.tree.leaves(nnx.state(model))]
+  before = snapshot()
+  b = _classification_batch()
+  f = jax.jit(lambda m, k: objective.slot_loss(m, _jnp(b), k, task_table=TABLE,
+                                               settings=settings, deterministic=False)[0])
+  a1, a2, c = f(model, jax.random.key(5)), f(model, jax.random.key(5)), f(model, jax.random.key(6))
+  assert float(a1) == float(a2) != float(c)
+  # Raw uint32 keys work too and give the same masks as the typed key with the same data.
+  assert float(f(model, jax.random.key_data(jax.random.key(5)))) == float(a1)
+  # Called eagerly (no jit boundary to hide mutations) the model's state is unchanged too.
+  _loss(model, b, settings, key=5, deterministic=False)
+  for x, y in zip(before, snapshot()):
+    np.testing.assert_array_equal(x, y)
+
+
+# --- R3F ---------------------------------------------------------------------------------------------
+
+
+def test_r3f_second_forward_only_when_enabled(monkeypatch):
+  calls = []
+  original = muppet.MuppetModel.encode_tokens
+  monkeypatch.setattr(muppet.MuppetModel, 'encode_tokens',
+                      lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+  model, config = _model()
+  b = _classification_batch()
+  _loss(model, b, _settings(config, r3f=False))
+  assert len(calls) == 1
+  calls.clear()
+  _loss(model, b, _settings(config, r3f=True))
+  assert len(calls) == 2
+
+
+@pytest.mark.parametrize('noise', ['uniform', 'normal'])
+def test_r3f_term_equals_manual_computation(noise):
+  model, config = _model()
+  settings = _settings(config, r3f=True, r3f_eps=0.1, r3f_noise=noise, r3f_lambda=0.7)
+  b = _classification_batch()
+  loss, m = _loss(model, b, settings, key=3)
+  jb = _jnp(b)
+  _, noise_key = objective.split_slot_rng(jax.random.key(3))
+  emb = model.embed_tokens(jb['input_ids'])
+  noised = emb + objective.r3f_noise(noise_key, emb.shape, emb.dtype, settings)
+  clean = model.classify(jb)
+  kl = losses.symmetric_kl(clean.logits, model.classify(jb, noised).logits, clean.class_mask)
+  np.testing.assert_allclose(float(m.sym_kl), float(kl[:3].mean()), rtol=1e-5)
+  assert float(m.sym_kl) > 0
+  np.testing.assert_allclose(float(loss), float(m.task_loss) + 0.7 * float(m.sym_kl), rtol=1e-6)
+
+
+def _flat_params(model):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, params, rest
+
+
+def _fd_check(f, params, picks, h=1e-6):
+  """Central differences of scalar f(params) at the (path, index) coordinates in `picks`."""
+  flat = dict(nnx.to_flat_state(params))
+  out = []
+  for path, index in picks:
+    def shifted(delta):
+      variable = flat[path]
+      value = variable[...]
+      new = dict(flat)
+      new[path] = variable.replace(value.at[index].add(delta))
+      return f(nnx.from_flat_state(new))
+    out.append((float(shifted(h)) - float(shifted(-h))) / (2 * h))
+  return np.array(out)
+
+
+def _grad_at(grads, picks):
+  flat = dict(nnx.to_flat_state(grads))
+  return np.array([float(flat[path][...][index]) for path, index in picks])
+
+
+def test_r3f_classification_gradient_finite_differences_and_stop_gradient():
+  with jax.enable_x64(True):
+    model, config = _model(dtype='float64')
+    settings = _settings(config, r3f=True, r3f_eps=0.3, r3f_noise='normal')
+    b = _jnp(_classification_batch())
+    key = jax.random.key(11)
+    graphdef, params, rest = _flat_params(model)
+
+    @jax.jit
+    def f(params):
+      m = nnx.merge(graphdef, params, rest)
+      return objective.slot_loss(m, b, key, task_table=TABLE, settings=settings,
+                                 deterministic=True)[0]
+
+    grads = jax.jit(jax.grad(f))(params)
+    # Parameters off the noised path's stop-gradient: gradient == finite differences.
+    picks = [(('backbone', 'encoder', 'layer', 0, 'attention', 'self', 'query', 'kernel'), (3, 5)),
+             (('backbone', 'embeddings', 'position_embeddings', 'embedding'), (4, 2)),
+             (('classification_heads', 'out_proj', 'kernel'), (1, 7, 2)),
+             (('classification_heads', 'dense', 'bias'), (1, 3))]
+    fd, g = _fd_check(f, params, picks), _grad_at(grads, picks)
+    print('R3F classification: grad', g, 'finite differences', fd,
+          'max rel err', np.max(np.abs(g - fd) / np.abs(fd)))
+    np.testing.assert_allclose(g, fd, rtol=1e-5)
+
+    # The word-embedding table: the noised path starts from stop_gradient(embeddings), so its
+    # gradient is that of an objective whose noised input embeddings are constants.
+    _, noise_key = objective.split_slot_rng(key)
+    emb = model.embed_tokens(b['input_ids'])
+    frozen = jax.lax.stop_gradient(
+        emb + objective.r3f_noise(noise_key, emb.shape, emb.dtype, settings))
+
+    def f_explicit(params, noised_source):
+      m = nnx.merge(graphdef, params, rest)
+      clean = m.classify(b)
+      noised = m.classify(b, noised_source(m))
+      per = (losses.cross_entropy(clean.logits, b['labels'], clean.class_mask) / np.log(3.) +
+             losses.symmetric_kl(clean.logits, noised.logits, clean.class_mask))
+      return losses.masked_mean(per, b['example_mask'])
+
+    table = ('backbone', 'embeddings', 'word_embeddings', 'embedding')
+    g_table = nnx.to_flat_state(grads)
+    g_table = dict(g_table)[table][...]
+    g_frozen = dict(nnx.to_flat_state(jax.grad(f_explicit)(params, lambda m: frozen)))[table][...]
+    g_through = dict(nnx.to_flat_state(jax.grad(f_explicit)(
+        params, lambda m: m.embed_tokens(b['input_ids']) + (frozen - emb))))[table][...]
+    np.testing.assert_allclose(float(f(params)), float(f_explicit(params, lambda m: frozen)),
+                               rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(g_table), np.asarray(g_frozen), rtol=1e-9, atol=1e-14)
+    # ... which differs from letting the gradient through the noised lookup as well.
+    assert np.abs(np.asarray(g_through) - np.asarray(g_frozen)).max() > 1e-6
+    token = int(b['input_ids'][0, 1])
+    fd_frozen = _fd_check(lambda p: f_explicit(p, lambda m: frozen), params,
+                          [(table, (token, 0)), (table, (token, 5))])
+    np.testing.assert_allclose(_grad_at(grads, [(table, (token, 0)), (table, (token, 5))]),
+                               fd_frozen, rtol=1e-5)
+
+
+def test_r3f_summarization_gradient_finite_differences():
+  with jax.enable_x64(True):
+    model, config = _model('bart', BART_TABLE, dtype='float64')
+    settings = _settings(config, r3f=True, r3f_eps=0.3, r3f_noise='normal')
+    b = _jnp(_summarization_batch())
+    key = jax.random.key(12)
+    graphdef, params, rest = _flat_params(model)
+
+    @jax.jit
+    def f(params):
+      m = nnx.merge(graphdef, params, rest)
+      return objective.slot_loss(m, b, key, task_table=BART_TABLE, settings=settings,
+                                 deterministic=True)[0]
+
+    _, m = objective.slot_loss(nnx.merge(graphdef, params, rest), b, key, task_table=BART_TABLE,
+                               settings=settings, deterministic=True)
+    assert float(m.sym_kl) > 1e-4  # the term matters at this eps
+    grads = jax.jit(jax.grad(f))(params)
+    token = int(b['input_ids'][0, 2])
+    # No stop-gradient for seq2seq: the shared table's gradient includes the noised pass.
+    picks = [(('backbone', 'shared', 'embedding'), (token, 1)),
+             (('backbone', 'shared', 'embedding'), (token, 9)),
+             (('backbone', 'encoder', 'layers', 0, 'fc1', 'kernel'), (2, 3)),
+             (('backbone', 'decoder', 'layers', 0, 'encoder_attn', 'v_proj', 'kernel'), (5, 1))]
+    fd, g = _fd_check(f, params, picks), _grad_at(grads, picks)
+    print('R3F summarization: grad', g, 'finite differences', fd,
+          'max rel err', np.max(np.abs(g - fd) / np.abs(fd)))
+    np.testing.assert_allclose(g, fd, rtol=1e-5)
+
+
+# --- Compile cost of many classification heads --------------------------------------------------
+
+
+def _compile_stats(num_heads: int, repeats: int = 3) -> tuple[int, float, int]:
+  names = [f'c{i}' for i in range(num_heads)]
+  table = TaskTable.build(names, [Family.CLASSIFICATION] * num_heads,
+                          [2 + i % 4 for i in range(num_heads)])
+  model, config = _model(table=table)
+  settings = _settings(config, r3f=True)
+  graphdef, params, rest = _flat_params(model)
+  b = _jnp(_classification_batch(task_id=1))
+
+  def f(params, rest, batch, key):
+    m = nnx.merge(graphdef, params, rest)
+    return objective.slot_loss(m, batch, key, task_table=table, settings=settings)[0]
+
+  best, size = np.inf, 0
+  for _ in range(repeats):  # A fresh jit each time: nothing cached between compilations.
+    lowered = jax.jit(jax.value_and_grad(f)).lower(params, rest, b, jax.random.key(0))
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    best = min(best, time.perf_counter() - start)
+    size = len(compiled.as_text())
+  return size, best, len(lowered.as_text())
+
+
+def test_compile_time_and_program_size_do_not_grow_with_heads():
+  size2, t2, hlo2 = _compile_stats(2)
+  size26, t26, hlo26 = _compile_stats(26)
+  print(f'\n2 heads: compiled text {size2} chars, StableHLO {hlo2} chars, compile {t2:.3f}s; '
+        f'26 heads: compiled text {size26} chars, StableHLO {hlo26} chars, compile {t26:.3f}s; '
+        f'ratios size {size26 / size2:.4f}, time {t26 / t2:.3f}')
+  assert size26 <= 1.10 * size2
+  assert hlo26 <= 1.10 * hlo2
+  # Timing on a shared 2-core host is noisy; min-of-3 each, 10% bound plus 50 ms slack.
+  assert t26 <= 1.10 * t2 + 0.05
