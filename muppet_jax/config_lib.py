@@ -22,7 +22,8 @@ def default() -> ml_collections.ConfigDict:
   # Hugging Face directory (config.json + safetensors/pytorch_model.bin) or hub id to start
   # from. Empty: random init from the shape fields below.
   c.model.init_from = ''
-  # Shape used when init_from is empty (ignored otherwise: the checkpoint's config wins).
+  # Shape used when init_from is empty (ignored otherwise: the checkpoint's config wins;
+  # the dropout rates below apply in both cases).
   c.model.hidden_size = 768  # d_model.
   c.model.num_layers = 12  # Transformer layers (BART: per stack, encoder and decoder).
   c.model.num_heads = 12  # Attention heads.

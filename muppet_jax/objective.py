@@ -270,7 +270,7 @@ def _summarization(model: MuppetModel, batch: Batch, noise_key: jax.Array,
     sym_kl = losses.masked_mean(per_token, out.target_mask, axis=-1)
   zeros = jnp.zeros_like(batch['labels'])
   return _FamilyResult(loss=_pad_rows(loss, num_examples), sym_kl=_pad_rows(sym_kl, num_examples),
-                       correct=jnp.zeros(num_examples, jnp.float32), label=zeros,
+                       correct=jnp.zeros_like(batch['loss_n']), label=zeros,
                        span_start=zeros, span_end=zeros)
 
 
@@ -327,24 +327,33 @@ def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: T
       return fn(m, batch, noise_key, settings, deterministic, r3f, predict)
     return branch
 
-  branches = [_uniform_dtypes(make_branch(fn)) for fn in fns]
+  branches = [_uniform_types(make_branch(fn)) for fn in fns]
   if len(branches) == 1:
     return branches[0](state, batch)
   index = jnp.asarray(branch_of_family)[jnp.clip(batch['family_id'], 0, len(Family) - 1)]
   return jax.lax.switch(index, branches, state, batch)
 
 
-def _uniform_dtypes(branch):
-  """Casts a branch's result to float32/int32 (float64 under jax_enable_x64), so that all
-  branches agree whatever the model's compute dtype (lax.switch needs identical types)."""
+def _uniform_types(branch):
+  """Makes a branch's result types identical across branches (lax.switch requires it).
+
+  dtypes: float32/int32 (float64 under jax_enable_x64), whatever the model's compute dtype.
+  Inside shard_map: every leaf is made device-varying over the axes the batch varies over, so
+  a branch that returns a constant (e.g. zeros) matches one computed from the batch.
+  """
   float_dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
 
-  def wrapped(*args):
-    r = branch(*args)
+  def wrapped(state, batch):
+    r = branch(state, batch)
+    # x + 0 * (a batch value) carries the batch's device-varying type (the rewrite is free).
+    zero_f = batch['loss_n'][0].astype(float_dtype) * 0
+    zero_i = batch['labels'][0].astype(jnp.int32) * 0
     return _FamilyResult(
-        loss=r.loss.astype(float_dtype), sym_kl=r.sym_kl.astype(float_dtype),
-        correct=r.correct.astype(float_dtype), label=r.label.astype(jnp.int32),
-        span_start=r.span_start.astype(jnp.int32), span_end=r.span_end.astype(jnp.int32))
+        loss=r.loss.astype(float_dtype) + zero_f, sym_kl=r.sym_kl.astype(float_dtype) + zero_f,
+        correct=r.correct.astype(float_dtype) + zero_f,
+        label=r.label.astype(jnp.int32) + zero_i,
+        span_start=r.span_start.astype(jnp.int32) + zero_i,
+        span_end=r.span_end.astype(jnp.int32) + zero_i)
   return wrapped
 
 

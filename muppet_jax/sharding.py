@@ -99,7 +99,7 @@ def make_mesh(mesh_config, devices=None) -> MeshLayout:
 
 def _logical_names(variable) -> tuple | None:
   meta = variable.get_metadata() if hasattr(variable, 'get_metadata') else {}
-  for key in ('sharding_names', 'sharding'):
+  for key in ('out_sharding', 'sharding_names', 'sharding'):  # flax 0.12: 'out_sharding'.
     names = meta.get(key)
     if names is not None:
       return tuple(names)

@@ -66,23 +66,20 @@ def _per_task(task_id: jax.Array, value: jax.Array, num_tasks: int) -> jax.Array
   return jax.nn.one_hot(task_id, num_tasks, dtype=jnp.float32) * value.astype(jnp.float32)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, task_table: TaskTable,
-                    settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh
-                    ) -> Callable[[TrainState, dict[str, jax.Array]],
-                                  tuple[TrainState, StepMetrics]]:
-  """Returns the pure train step `(state, batch [A, D, ...]) -> (state, metrics)`.
+def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
+                     settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh):
+  """Returns `(params, rest, batch [A, D, ...], rng, step) -> (grads, metric_sums)`.
 
-  Jit it where it is called, with the state's shardings and `donate_argnums=0`.
+  `grads` is the average over the S = A x D slots of each slot's gradient; `metric_sums` are
+  sums over the slots (per-task arrays of size T).
   """
   num_tasks = len(task_table)
   num_devices = mesh.shape[DATA]
 
   def slot_objective(params, rest, slot_batch, rng):
     model = nnx.merge(graphdef, params, rest)
-    loss, slot_metrics = objective.slot_loss(
-        model, slot_batch, rng, task_table=task_table, settings=settings, deterministic=False)
-    return loss, slot_metrics
+    return objective.slot_loss(model, slot_batch, rng, task_table=task_table,
+                               settings=settings, deterministic=False)
 
   grad_fn = jax.value_and_grad(slot_objective, has_aux=True)
 
@@ -101,9 +98,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       slot = a * num_devices + device
       (loss, m), grads = grad_fn(params, rest, slot_batch, slot_rng(rng, step, slot))
       task = slot_batch['task_id']
-      tokens = (jnp.sum(slot_batch['segment_ids'] > 0) + jnp.sum(slot_batch['decoder_mask']))
+      tokens = jnp.sum(slot_batch['segment_ids'] > 0) + jnp.sum(slot_batch['decoder_mask'])
       sums = {
-          'loss': loss,
+          'loss': loss.astype(jnp.float32),
           'task_loss': _per_task(task, loss, num_tasks),
           'task_unscaled_loss': _per_task(task, m.unscaled_loss, num_tasks),
           'task_sym_kl': _per_task(task, m.sym_kl, num_tasks),
@@ -130,25 +127,36 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     metric_sums = jax.lax.psum(metric_sums, DATA)
     return grads, metric_sums
 
+  return jax.shard_map(
+      per_device, mesh=mesh, in_specs=(P(), P(), P(None, DATA), P(), P()),
+      out_specs=(P(), P()), axis_names=frozenset({DATA}))
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, task_table: TaskTable,
+                    settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh
+                    ) -> Callable[[TrainState, dict[str, jax.Array]],
+                                  tuple[TrainState, StepMetrics]]:
+  """Returns the pure train step `(state, batch [A, D, ...]) -> (state, metrics)`.
+
+  Jit it where it is called, with the state's shardings and `donate_argnums=0`.
+  """
+  gradients = make_gradient_fn(graphdef, task_table, settings, mesh)
+
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
-    sharded = jax.shard_map(
-        per_device, mesh=mesh,
-        in_specs=(P(), P(), P(None, DATA), P(), P()),
-        out_specs=(P(), P()),
-        axis_names=frozenset({DATA}))
-    grads, sums = sharded(state.params, state.rest, batch, state.rng, state.step)
+    grads, sums = gradients(state.params, state.rest, batch, state.rng, state.step)
     num_slots = batch['task_id'].shape[0] * batch['task_id'].shape[1]
-    grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
     metrics = StepMetrics(
-        loss=sums['loss'] / num_slots, grad_norm=grad_norm,
+        loss=sums['loss'] / num_slots, grad_norm=optax.global_norm(grads),
         learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
         task_loss=sums['task_loss'], task_unscaled_loss=sums['task_unscaled_loss'],
         task_sym_kl=sums['task_sym_kl'], task_slots=sums['task_slots'],
         task_examples=sums['task_examples'], task_correct=sums['task_correct'],
         tokens=sums['tokens'])
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1,
+                              params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state)
     return new_state, metrics
 
   return train_step

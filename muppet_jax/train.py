@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import seqio
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -92,6 +93,8 @@ class _Preemption:
 
 def setup_data(config: ml_collections.ConfigDict, workdir: str) -> DataSetup:
   """Tokenizer and task table of the run, with the checks that need both."""
+  if config.data.tfds_data_dir:
+    seqio.set_tfds_data_dir_override(config.data.tfds_data_dir)
   vocab = vocab_lib.HFVocabulary(resolve_tokenizer(config, workdir))
   mixture = tasks.mixture_tasks(config.data.mixture)
   if config.data.num_tasks > 0:
@@ -129,8 +132,15 @@ def build_model(config: ml_collections.ConfigDict, data: DataSetup) -> muppet.Mu
   dtype = muppet._dtype(config.model.dtype)  # pylint: disable=protected-access
   param_dtype = muppet._dtype(config.model.param_dtype)  # pylint: disable=protected-access
   if config.model.init_from:
+    # The run's dropout rates win over the checkpoint's (paper: 0.1, HF's defaults too).
+    if config.model.type == 'roberta':
+      overrides = {'hidden_dropout_prob': config.model.dropout,
+                   'attention_probs_dropout_prob': config.model.attention_dropout}
+    else:
+      overrides = {'dropout': config.model.dropout,
+                   'attention_dropout': config.model.attention_dropout}
     backbone, hf_config = hf.load(config.model.init_from, dtype=dtype, param_dtype=param_dtype,
-                                  remat=config.model.remat, rngs=rngs)
+                                  remat=config.model.remat, rngs=rngs, overrides=overrides)
     if hf_config.model_type != config.model.type:
       raise ValueError(f'model.init_from={config.model.init_from!r} is a '
                        f'{hf_config.model_type!r} checkpoint but model.type is '
@@ -184,7 +194,7 @@ def make_pipeline(config, data: DataSetup, layout: sharding.MeshLayout
   def stream_factory(task_name: str, shard_index: int, num_shards: int):
     return tasks.family_examples(
         task_name, 'train', shuffle=True, seed=config.seed, shard_index=shard_index,
-        num_shards=num_shards, repeat=True)
+        num_shards=num_shards, repeat=True, shuffle_buffer_size=config.data.shuffle_buffer)
 
   return pipeline_lib.InputPipeline(
       data.task_names, data.rates, data.task_table, builder, sampler,

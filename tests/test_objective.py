@@ -15,6 +15,7 @@ from muppet_jax.data.features import BatchShape, Family, TaskTable
 from muppet_jax.models import muppet
 
 PAD, BOS, EOS = 1, 0, 2
+FD_STEP = 1e-2  # parameters are ~N(0, 0.2)
 VOCAB, HIDDEN = 40, 16
 SHAPE = BatchShape(rows=2, length=12, max_examples=4, max_choices=3, decoder_length=5)
 
@@ -229,22 +230,65 @@ def test_absent_family_gives_zeros_and_empty_slot_is_finite():
 
 
 def test_dropout_depends_only_on_the_rng_and_leaves_the_model_alone():
-  model, config = _model()
+  table = TaskTable.build(['c2', 'c3'], [Family.CLASSIFICATION] * 2, [2, 3])
+  model, config = _model(table=table)
   settings = _settings(config)
   snapshot = lambda: [np.asarray(jax.random.key_data(x) if jax.dtypes.issubdtype(
       x.dtype, jax.dtypes.prng_key) else x) for x in jax.tree.leaves(nnx.state(model))]
   before = snapshot()
   b = _classification_batch()
-  f = jax.jit(lambda m, k: objective.slot_loss(m, _jnp(b), k, task_table=TABLE,
+  f = jax.jit(lambda m, k: objective.slot_loss(m, _jnp(b), k, task_table=table,
                                                settings=settings, deterministic=False)[0])
   a1, a2, c = f(model, jax.random.key(5)), f(model, jax.random.key(5)), f(model, jax.random.key(6))
   assert float(a1) == float(a2) != float(c)
   # Raw uint32 keys work too and give the same masks as the typed key with the same data.
   assert float(f(model, jax.random.key_data(jax.random.key(5)))) == float(a1)
   # Called eagerly (no jit boundary to hide mutations) the model's state is unchanged too.
-  _loss(model, b, settings, key=5, deterministic=False)
+  _loss(model, b, settings, table, key=5, deterministic=False)
   for x, y in zip(before, snapshot()):
     np.testing.assert_array_equal(x, y)
+
+
+def test_inside_shard_map_with_devices_on_different_families():
+  """Per-device lax.switch under shard_map (R4F and dropout on): no collective inside the
+  branches, branch outputs of matching types, and the averaged gradient equals the average of
+  the per-slot gradients computed one at a time. (R3F adds no new kind of op; left out to keep
+  the compile short.)"""
+  table = TaskTable.build(['c2', 'c3', 'span'],
+                          [Family.CLASSIFICATION, Family.CLASSIFICATION, Family.SPAN], [2, 3, 0])
+  model, config = _model(table=table, r4f=True)
+  settings = _settings(config)
+  graphdef, params, rest = _flat_params(model)
+  slots = [_classification_batch(), _span_batch()]
+  slots[1]['task_id'] = np.int32(2)
+  keys = [jax.random.key(20), jax.random.key(21)]
+
+  def loss(params, rest, b, key):
+    m = nnx.merge(graphdef, params, rest)
+    return objective.slot_loss(m, b, key, task_table=table, settings=settings)[0]
+
+  grad = jax.jit(jax.grad(loss))
+  want = jax.tree.map(lambda a, b: (a + b) / 2,
+                      *[grad(params, rest, _jnp(b), k) for b, k in zip(slots, keys)])
+
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ('data',))
+  spec = jax.sharding.PartitionSpec
+
+  def per_device(params, rest, batch, key_data):
+    vary = lambda tree: jax.tree.map(lambda p: jax.lax.pcast(p, 'data', to='varying'), tree)
+    g = jax.grad(loss)(vary(params), vary(rest), jax.tree.map(lambda x: x[0], batch),
+                       key_data[0])
+    return jax.lax.pmean(g, 'data')
+
+  batch = jax.tree.map(lambda *x: jnp.stack(x), *[_jnp(b) for b in slots])
+  key_data = jnp.stack([jax.random.key_data(k) for k in keys])
+  got = jax.jit(jax.shard_map(per_device, mesh=mesh,
+                              in_specs=(spec(), spec(), spec('data'), spec('data')),
+                              out_specs=spec()))(params, rest, batch, key_data)
+  scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(want))
+  err = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got),
+                                                          jax.tree.leaves(want)))
+  assert err < 1e-5 * scale, (err, scale)
 
 
 # --- R3F ---------------------------------------------------------------------------------------------
@@ -255,12 +299,14 @@ def test_r3f_second_forward_only_when_enabled(monkeypatch):
   original = muppet.MuppetModel.encode_tokens
   monkeypatch.setattr(muppet.MuppetModel, 'encode_tokens',
                       lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
-  model, config = _model()
+  # A classification-only run: no lax.switch (which would trace every family's branch).
+  table = TaskTable.build(['c2', 'c3'], [Family.CLASSIFICATION] * 2, [2, 3])
+  model, config = _model(table=table)
   b = _classification_batch()
-  _loss(model, b, _settings(config, r3f=False))
+  _loss(model, b, _settings(config, r3f=False), table)
   assert len(calls) == 1
   calls.clear()
-  _loss(model, b, _settings(config, r3f=True))
+  _loss(model, b, _settings(config, r3f=True), table)
   assert len(calls) == 2
 
 
@@ -286,18 +332,21 @@ def _flat_params(model):
   return graphdef, params, rest
 
 
-def _fd_check(f, params, picks, h=1e-6):
-  """Central differences of scalar f(params) at the (path, index) coordinates in `picks`."""
+def _fd_check(f, params, picks, h=FD_STEP):
+  """Finite differences of scalar f(params) at the (path, index) coordinates in `picks`.
+
+  Five-point central stencil (truncation error O(h^4)), so that a step large enough for float32
+  rounding (~1e-7 relative in f) still gives ~1e-4 relative accuracy.
+  """
   flat = dict(nnx.to_flat_state(params))
   out = []
   for path, index in picks:
     def shifted(delta):
       variable = flat[path]
-      value = variable[...]
       new = dict(flat)
-      new[path] = variable.replace(value.at[index].add(delta))
-      return f(nnx.from_flat_state(new))
-    out.append((float(shifted(h)) - float(shifted(-h))) / (2 * h))
+      new[path] = variable.replace(variable[...].at[index].add(delta))
+      return float(f(nnx.from_flat_state(new)))
+    out.append((-shifted(2 * h) + 8 * shifted(h) - 8 * shifted(-h) + shifted(-2 * h)) / (12 * h))
   return np.array(out)
 
 
@@ -306,127 +355,132 @@ def _grad_at(grads, picks):
   return np.array([float(flat[path][...][index]) for path, index in picks])
 
 
-def test_r3f_classification_gradient_finite_differences_and_stop_gradient():
-  with jax.enable_x64(True):
-    model, config = _model(dtype='float64')
-    settings = _settings(config, r3f=True, r3f_eps=0.3, r3f_noise='normal')
-    b = _jnp(_classification_batch())
-    key = jax.random.key(11)
-    graphdef, params, rest = _flat_params(model)
+FD_RTOL, FD_ATOL = 1e-3, 3e-5  # float32: f is rounded at ~1e-7, the stencil amplifies by ~1e2
 
+
+def _r3f_gradient_check(kind, table, b, key, picks):
+  """jax.grad of slot_loss (R3F on, dropout off) against finite differences at `picks`.
+
+  Also checks that the R3F term's share of those gradients is well above the tolerance (so the
+  comparison would catch a missing or wrong gradient path of the second forward).
+  Returns (graphdef, params, rest, settings, grads, objective function of params).
+  """
+  model, config = _model(kind, table)
+  settings = _settings(config, r3f=True, r3f_eps=0.3, r3f_noise='normal')
+  graphdef, params, rest = _flat_params(model)
+
+  def make_f(settings):
     @jax.jit
     def f(params):
       m = nnx.merge(graphdef, params, rest)
-      return objective.slot_loss(m, b, key, task_table=TABLE, settings=settings,
+      return objective.slot_loss(m, b, key, task_table=table, settings=settings,
                                  deterministic=True)[0]
+    return f
 
-    grads = jax.jit(jax.grad(f))(params)
-    # Parameters off the noised path's stop-gradient: gradient == finite differences.
-    picks = [(('backbone', 'encoder', 'layer', 0, 'attention', 'self', 'query', 'kernel'), (3, 5)),
-             (('backbone', 'embeddings', 'position_embeddings', 'embedding'), (4, 2)),
-             (('classification_heads', 'out_proj', 'kernel'), (1, 7, 2)),
-             (('classification_heads', 'dense', 'bias'), (1, 3))]
-    fd, g = _fd_check(f, params, picks), _grad_at(grads, picks)
-    print('R3F classification: grad', g, 'finite differences', fd,
-          'max rel err', np.max(np.abs(g - fd) / np.abs(fd)))
-    np.testing.assert_allclose(g, fd, rtol=1e-5)
+  f = make_f(settings)
+  grads = jax.jit(jax.grad(f))(params)
+  fd, g = _fd_check(f, params, picks), _grad_at(grads, picks)
+  g_no_r3f = _grad_at(jax.jit(jax.grad(make_f(_settings(config, r3f=False))))(params), picks)
+  err = np.abs(g - fd)
+  print(f'\nR3F {kind}: grad {g}\n  finite differences {fd}\n  |diff| {err} (max rel '
+        f'{np.max(err / np.abs(fd)):.2e}); R3F share of the gradient {np.abs(g - g_no_r3f)}')
+  np.testing.assert_allclose(g, fd, rtol=FD_RTOL, atol=FD_ATOL)
+  assert np.all(np.abs(g - g_no_r3f) > 10 * FD_ATOL)
+  return graphdef, params, rest, settings, grads, f
 
-    # The word-embedding table: the noised path starts from stop_gradient(embeddings), so its
-    # gradient is that of an objective whose noised input embeddings are constants.
-    _, noise_key = objective.split_slot_rng(key)
-    emb = model.embed_tokens(b['input_ids'])
-    frozen = jax.lax.stop_gradient(
-        emb + objective.r3f_noise(noise_key, emb.shape, emb.dtype, settings))
 
-    def f_explicit(params, noised_source):
-      m = nnx.merge(graphdef, params, rest)
-      clean = m.classify(b)
-      noised = m.classify(b, noised_source(m))
-      per = (losses.cross_entropy(clean.logits, b['labels'], clean.class_mask) / np.log(3.) +
-             losses.symmetric_kl(clean.logits, noised.logits, clean.class_mask))
-      return losses.masked_mean(per, b['example_mask'])
+def test_r3f_classification_gradient_finite_differences_and_stop_gradient():
+  table = TaskTable.build(['c2', 'c3'], [Family.CLASSIFICATION] * 2, [2, 3])
+  b = _jnp(_classification_batch())
+  key = jax.random.key(11)
+  # Parameters off the noised path's stop-gradient: gradient == finite differences.
+  picks = [(('backbone', 'encoder', 'layer', 0, 'attention', 'self', 'query', 'kernel'), (3, 5)),
+           (('backbone', 'embeddings', 'position_embeddings', 'embedding'), (4, 2)),
+           (('classification_heads', 'out_proj', 'kernel'), (1, 7, 2)),
+           (('classification_heads', 'dense', 'kernel'), (1, 3, 4))]
+  graphdef, params, rest, settings, grads, f = _r3f_gradient_check('roberta', table, b, key, picks)
 
-    table = ('backbone', 'embeddings', 'word_embeddings', 'embedding')
-    g_table = nnx.to_flat_state(grads)
-    g_table = dict(g_table)[table][...]
-    g_frozen = dict(nnx.to_flat_state(jax.grad(f_explicit)(params, lambda m: frozen)))[table][...]
-    g_through = dict(nnx.to_flat_state(jax.grad(f_explicit)(
-        params, lambda m: m.embed_tokens(b['input_ids']) + (frozen - emb))))[table][...]
-    np.testing.assert_allclose(float(f(params)), float(f_explicit(params, lambda m: frozen)),
-                               rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(g_table), np.asarray(g_frozen), rtol=1e-9, atol=1e-14)
-    # ... which differs from letting the gradient through the noised lookup as well.
-    assert np.abs(np.asarray(g_through) - np.asarray(g_frozen)).max() > 1e-6
-    token = int(b['input_ids'][0, 1])
-    fd_frozen = _fd_check(lambda p: f_explicit(p, lambda m: frozen), params,
-                          [(table, (token, 0)), (table, (token, 5))])
-    np.testing.assert_allclose(_grad_at(grads, [(table, (token, 0)), (table, (token, 5))]),
-                               fd_frozen, rtol=1e-5)
+  # The word-embedding table: the noised path starts from stop_gradient(embeddings), so its
+  # gradient is that of an objective whose noised input embeddings are constants.
+  model = nnx.merge(graphdef, params, rest)
+  _, noise_key = objective.split_slot_rng(key)
+  emb = model.embed_tokens(b['input_ids'])
+  frozen = emb + objective.r3f_noise(noise_key, emb.shape, emb.dtype, settings)
+
+  def f_explicit(params, noised_source):
+    m = nnx.merge(graphdef, params, rest)
+    clean = m.classify(b)
+    noised = m.classify(b, noised_source(m))
+    per = (losses.cross_entropy(clean.logits, b['labels'], clean.class_mask) / np.log(3.) +
+           losses.symmetric_kl(clean.logits, noised.logits, clean.class_mask))
+    return losses.masked_mean(per, b['example_mask'])
+
+  table_path = ('backbone', 'embeddings', 'word_embeddings', 'embedding')
+  grad_of = lambda source: np.asarray(dict(nnx.to_flat_state(
+      jax.jit(jax.grad(f_explicit), static_argnums=1)(params, source)))[table_path][...])
+  g_table = np.asarray(dict(nnx.to_flat_state(grads))[table_path][...])
+  g_frozen = grad_of(lambda m: frozen)
+  g_through = grad_of(lambda m: m.embed_tokens(b['input_ids']) + (frozen - emb))
+  np.testing.assert_allclose(float(f(params)), float(f_explicit(params, lambda m: frozen)),
+                             rtol=1e-6)
+  np.testing.assert_allclose(g_table, g_frozen, rtol=1e-4, atol=1e-7)
+  # ... which differs from letting the gradient through the noised lookup as well.
+  print('word-embedding gradient: max |ours - frozen-noise formula|',
+        np.abs(g_table - g_frozen).max(), '; max |through the noised pass - frozen|',
+        np.abs(g_through - g_frozen).max())
+  assert np.abs(g_through - g_frozen).max() > 100 * np.abs(g_table - g_frozen).max()
 
 
 def test_r3f_summarization_gradient_finite_differences():
-  with jax.enable_x64(True):
-    model, config = _model('bart', BART_TABLE, dtype='float64')
-    settings = _settings(config, r3f=True, r3f_eps=0.3, r3f_noise='normal')
-    b = _jnp(_summarization_batch())
-    key = jax.random.key(12)
-    graphdef, params, rest = _flat_params(model)
-
-    @jax.jit
-    def f(params):
-      m = nnx.merge(graphdef, params, rest)
-      return objective.slot_loss(m, b, key, task_table=BART_TABLE, settings=settings,
-                                 deterministic=True)[0]
-
-    _, m = objective.slot_loss(nnx.merge(graphdef, params, rest), b, key, task_table=BART_TABLE,
-                               settings=settings, deterministic=True)
-    assert float(m.sym_kl) > 1e-4  # the term matters at this eps
-    grads = jax.jit(jax.grad(f))(params)
-    token = int(b['input_ids'][0, 2])
-    # No stop-gradient for seq2seq: the shared table's gradient includes the noised pass.
-    picks = [(('backbone', 'shared', 'embedding'), (token, 1)),
-             (('backbone', 'shared', 'embedding'), (token, 9)),
-             (('backbone', 'encoder', 'layers', 0, 'fc1', 'kernel'), (2, 3)),
-             (('backbone', 'decoder', 'layers', 0, 'encoder_attn', 'v_proj', 'kernel'), (5, 1))]
-    fd, g = _fd_check(f, params, picks), _grad_at(grads, picks)
-    print('R3F summarization: grad', g, 'finite differences', fd,
-          'max rel err', np.max(np.abs(g - fd) / np.abs(fd)))
-    np.testing.assert_allclose(g, fd, rtol=1e-5)
+  b = _jnp(_summarization_batch())
+  token = int(b['input_ids'][0, 2])
+  # No stop-gradient for seq2seq: the shared table's gradient includes the noised pass.
+  picks = [(('backbone', 'shared', 'embedding'), (token, 1)),
+           (('backbone', 'shared', 'embedding'), (token, 9)),
+           (('backbone', 'encoder', 'layers', 0, 'fc1', 'kernel'), (2, 3)),
+           (('backbone', 'decoder', 'layers', 0, 'encoder_attn', 'v_proj', 'kernel'), (5, 1))]
+  _r3f_gradient_check('bart', BART_TABLE, b, jax.random.key(12), picks)
 
 
 # --- Compile cost of many classification heads --------------------------------------------------
 
 
-def _compile_stats(num_heads: int, repeats: int = 3) -> tuple[int, float, int]:
+def _compile_stats(num_heads: int, deterministic: bool = True,
+                   r3f: bool = False) -> tuple[int, float, int]:
+  """(compiled program text size, best compile seconds, StableHLO text size) of the jitted
+  value-and-gradient of `slot_loss` for a run with `num_heads` classification tasks."""
   names = [f'c{i}' for i in range(num_heads)]
   table = TaskTable.build(names, [Family.CLASSIFICATION] * num_heads,
                           [2 + i % 4 for i in range(num_heads)])
   model, config = _model(table=table)
-  settings = _settings(config, r3f=True)
+  settings = _settings(config, r3f=r3f)
   graphdef, params, rest = _flat_params(model)
   b = _jnp(_classification_batch(task_id=1))
 
   def f(params, rest, batch, key):
     m = nnx.merge(graphdef, params, rest)
-    return objective.slot_loss(m, batch, key, task_table=table, settings=settings)[0]
+    return objective.slot_loss(m, batch, key, task_table=table, settings=settings,
+                               deterministic=deterministic)[0]
 
-  best, size = np.inf, 0
-  for _ in range(repeats):  # A fresh jit each time: nothing cached between compilations.
-    lowered = jax.jit(jax.value_and_grad(f)).lower(params, rest, b, jax.random.key(0))
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    best = min(best, time.perf_counter() - start)
-    size = len(compiled.as_text())
-  return size, best, len(lowered.as_text())
+  lowered = jax.jit(jax.value_and_grad(f)).lower(params, rest, b, jax.random.key(0))
+  # CPU time of this process (XLA's compiler threads included): much less sensitive than wall
+  # time to other processes sharing the host.
+  start = time.process_time()
+  compiled = lowered.compile()
+  return len(compiled.as_text()), time.process_time() - start, len(lowered.as_text())
 
 
 def test_compile_time_and_program_size_do_not_grow_with_heads():
-  size2, t2, hlo2 = _compile_stats(2)
-  size26, t26, hlo26 = _compile_stats(26)
-  print(f'\n2 heads: compiled text {size2} chars, StableHLO {hlo2} chars, compile {t2:.3f}s; '
-        f'26 heads: compiled text {size26} chars, StableHLO {hlo26} chars, compile {t26:.3f}s; '
-        f'ratios size {size26 / size2:.4f}, time {t26 / t2:.3f}')
+  runs = {2: [], 26: []}
+  for num_heads in (2, 26, 2, 26):  # interleaved, a fresh jit (nothing cached) each time
+    runs[num_heads].append(_compile_stats(num_heads))
+  (size2, _, hlo2), (size26, _, hlo26) = runs[2][0], runs[26][0]
+  t2, t26 = min(r[1] for r in runs[2]), min(r[1] for r in runs[26])
+  print(f'\n2 heads: compiled text {size2} chars, StableHLO {hlo2} chars, compile {t2:.2f}s CPU; '
+        f'26 heads: compiled text {size26} chars, StableHLO {hlo26} chars, compile {t26:.2f}s '
+        f'CPU; ratios: compiled size {size26 / size2:.4f}, StableHLO {hlo26 / hlo2:.4f}, '
+        f'compile time {t26 / t2:.3f}')
   assert size26 <= 1.10 * size2
   assert hlo26 <= 1.10 * hlo2
-  # Timing on a shared 2-core host is noisy; min-of-3 each, 10% bound plus 50 ms slack.
-  assert t26 <= 1.10 * t2 + 0.05
+  # Min of 2 CPU-time measurements each; the host is shared, so allow 0.2 s of noise.
+  assert t26 <= 1.10 * t2 + 0.2

@@ -1,10 +1,10 @@
 """One record per pre-finetuning dataset: source, family, classes, splits, sizes.
 
 `RECORDS` holds the 47 numbered entries of the paper's appendix A.1, in the paper's order. That
-order is fixed: the number-of-tasks study (paper section 5.1, `tasks.first_k_mixture`) takes the
-first k trainable records from it. Sizes are hard-coded here because TFDS split sizes are not
-available offline (the TFDS wheel ships no dataset_info.json); they come from
-/work/shared/CATALOGUE.md (TFDS testing metadata, HF cards, published figures).
+order is fixed: the number-of-tasks study (paper section 5.1, `tasks.first_k_mixture`) takes
+the first k tasks of `muppet_all` in this order. Sizes are hard-coded here because TFDS split
+sizes are not available offline (the TFDS wheel ships no dataset_info.json); they come from the
+project's dataset catalogue, CATALOGUE.md (TFDS testing metadata, HF cards, published figures).
 
 Decisions (each record's `notes` has the details):
 
@@ -54,6 +54,13 @@ from collections.abc import Mapping
 from muppet_jax.data.features import Family
 
 
+class UnknownNameError(KeyError):
+  """An unknown dataset, task or mixture name; the message lists close matches."""
+
+  def __str__(self) -> str:  # KeyError would print the message quoted.
+    return str(self.args[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetRecord:
   """Static description of one dataset.
@@ -62,7 +69,8 @@ class DatasetRecord:
     slug: short name; the seqio task is `muppet_<slug>`.
     name: human-readable name as in the paper.
     family: the task family (decides head and loss).
-    source: 'tfds:<name>/<config>[:<version>]', 'hf:<dataset id>[/<config>]' or 'demo:<name>'.
+    source: 'tfds:<name>[/<config>]:<version>' (several joined by '+' are read as one
+      dataset), 'hf:<dataset id>[/<config>]' (read through hf_builders.py) or 'demo:<name>'.
     num_classes: classes (classification) or most choices (multiple choice); 0 otherwise.
     label_names: class names in label order (classification), for `id2label` on export.
     train_split: split used for training ('' = none; evaluation-only).
@@ -146,7 +154,8 @@ RECORDS: tuple[DatasetRecord, ...] = (
         notes='Umbrella entry with no data of its own (CATALOGUE open problem 1, option c): '
               'its tasks are #7 RTE, #10-#15 and #45 ReCoRD. AX-b/AX-g are test-only '
               'diagnostics (training on them would contaminate them) and super_glue/rte '
-              'duplicates #7. No seqio task; not in any mixture.'),
+              'duplicates #7. No seqio task; not in any mixture; the source names the '
+              'benchmark, not a loadable config.'),
     # --- 10-15: SuperGLUE tasks ----------------------------------------------------------------
     DatasetRecord(
         slug='boolq', name='BoolQ', family=_C, source='tfds:super_glue/boolq:1.0.2', num_classes=2,
@@ -361,13 +370,13 @@ def get(slug: str) -> DatasetRecord:
   """Returns the record of `slug` ('rte'; the task name 'muppet_rte' is accepted too).
 
   Raises:
-    KeyError: unknown slug; the message lists the closest known slugs.
+    UnknownNameError (a KeyError): unknown slug; the message lists the closest known slugs.
   """
   record = _BY_SLUG.get(slug) or _BY_SLUG.get(slug.removeprefix('muppet_'))
   if record is None:
     close = difflib.get_close_matches(slug.removeprefix('muppet_'), _BY_SLUG, n=5, cutoff=0.5)
     hint = f'did you mean {close}?' if close else f'known slugs: {sorted(_BY_SLUG)}'
-    raise KeyError(f'unknown dataset slug {slug!r}; {hint}')
+    raise UnknownNameError(f'unknown dataset slug {slug!r}; {hint}')
   return record
 
 

@@ -9,8 +9,8 @@ by a single token:
 | slug | family | what decides the answer |
 |---|---|---|
 | demo_sentiment | classification, 2 | adjective polarity flipped by a negation ("was not bad"); an ignorable "expected it to be X" clause adds opposite-polarity distractors |
-| demo_compare | classification, 3 | NLI-like pair: does "B is shorter than A" follow from / contradict / say nothing about "A is taller than B" (needs name order and antonyms) |
-| demo_topic | classification, 4 | majority topic among keywords, with keywords of other topics as distractors |
+| demo_compare | classification, 3 | pair: does A have more / as many / fewer of the thing both sentences count ("7" = "seven"; some sentences also count something else) |
+| demo_topic | classification, 4 | majority topic among 2-4 keywords, against k-1 keywords of another topic (and one of a third) |
 | demo_choice | multiple choice, 3-5 | the choice that matches the fact about the person asked about (other facts of the context are distractors) |
 | demo_span | extractive span | the place / pet / instrument of the person named by the question; long contexts need several windows |
 | demo_summarize | summarization | copy the sentence about the person the story "is about" (BART only) |
@@ -61,12 +61,10 @@ _OPENERS = ('', '', '', 'honestly , ', 'to be fair , ', 'i think ', 'in my opini
 _CLOSERS = ('', '', 'overall', 'this time', 'last night', 'for the price', 'on sunday',
             'as usual', 'again')
 
-_COMPARATIVES = (('taller', 'shorter'), ('older', 'younger'), ('faster', 'slower'),
-                 ('stronger', 'weaker'), ('richer', 'poorer'), ('heavier', 'lighter'),
-                 ('louder', 'quieter'), ('happier', 'sadder'))
-_CLAIM_OPENERS = ('', '', 'everyone knows that ', 'it is true that ', 'we learned that ',
-                  'the teacher said that ', 'at school , ')
-_CLAIM_PLACES = ('', '', '', ' at work', ' in the village', ' these days', ' in the team')
+_NUMBERS = ('one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine')
+_COUNTABLES = ('apples', 'coins', 'books', 'cards', 'stamps', 'shells', 'marbles', 'pencils',
+               'candles', 'buttons')
+_COUNT_VERBS = ('has', 'owns', 'collected', 'found', 'keeps')
 
 _TOPICS = {
     'sports': ('team', 'goal', 'coach', 'match', 'player', 'season', 'league', 'score',
@@ -149,50 +147,48 @@ def _make_sentiment(rng: np.random.Generator, label: int) -> dict:
   return {'text_a': text, 'text_b': '', 'label': int(label)}
 
 
-def _comparison(a: str, word: str, b: str) -> str:
-  return f'{a} is {word} than {b}'
+def _quantity(rng: np.random.Generator, value: int) -> str:
+  """A number 1-9 as a word or as a digit: the model has to learn that '7' is 'seven'."""
+  return _NUMBERS[value - 1] if rng.random() < 0.6 else str(value)
 
 
 def _make_compare(rng: np.random.Generator, label: int) -> dict:
-  """NLI-like: 0 entailment, 1 neutral, 2 contradiction of a comparison between two people.
-
-  The premise states one comparison (plus, half the time, a second one about other people on
-  another dimension, so "the hypothesis names someone new" is not a shortcut). Dimensions
-  never repeat within a premise, so nothing follows by transitivity.
+  """Quantity comparison: 0 = the first person has more of the shared thing, 1 = the same, 2 =
+  fewer. Numbers are words or digits; 40% of sentences add a count of something else that
+  does not matter (so the shared thing has to be found in both sentences).
   """
-  x, y, z, w = _distinct(rng, _NAMES, 4)
-  dims = rng.choice(len(_COMPARATIVES), size=3, replace=False)
-  word, anti = _COMPARATIVES[dims[0]][::1 if rng.random() < 0.5 else -1]
-  premise = _comparison(x, word, y)
-  second = rng.random() < 0.5
-  if second:
-    w2 = _COMPARATIVES[dims[1]][int(rng.integers(2))]
-    extra = _comparison(z, w2, w)
-    premise = f'{premise} , and {extra}' if rng.random() < 0.5 else f'{extra} , and {premise}'
-  premise = f'{_pick(rng, _CLAIM_OPENERS)}{premise}{_pick(rng, _CLAIM_PLACES)} .'
-  if label == 0:
-    hypothesis = _comparison(x, word, y) if rng.random() < 0.4 else _comparison(y, anti, x)
-  elif label == 2:
-    hypothesis = _comparison(y, word, x) if rng.random() < 0.5 else _comparison(x, anti, y)
+  a_name, b_name = _distinct(rng, _NAMES, 2)
+  shared, a_other, b_other = _distinct(rng, _COUNTABLES, 3)
+  if label == 1:
+    a = b = int(rng.integers(1, 10))
   else:
-    other_word = _COMPARATIVES[dims[2]][int(rng.integers(2))]  # A dimension not in the premise.
-    stranger = _pick(rng, [n for n in _NAMES if n not in (x, y, z, w)])
-    hypothesis = [
-        _comparison(x, word, stranger), _comparison(stranger, word, y),
-        _comparison(x, other_word, y), _comparison(y, other_word, x),
-        _comparison(x, word, z if second else stranger),
-    ][int(rng.integers(5))]
-  return {'text_a': premise, 'text_b': hypothesis + ' .', 'label': int(label)}
+    a, b = sorted(int(v) for v in rng.choice(np.arange(1, 10), size=2, replace=False))[::-1]
+    if label == 2:
+      a, b = b, a
+
+  def sentence(name, value, other):
+    text = f'{name} {_pick(rng, _COUNT_VERBS)} {_quantity(rng, value)} {shared}'
+    if rng.random() < 0.4:
+      distractor = f'{_quantity(rng, int(rng.integers(1, 10)))} {other}'
+      text = (f'{text} and {distractor}' if rng.random() < 0.5 else
+              f'{name} {_pick(rng, _COUNT_VERBS)} {distractor} and '
+              f'{_quantity(rng, value)} {shared}')
+    return text + ' .'
+
+  return {'text_a': sentence(a_name, a, a_other), 'text_b': sentence(b_name, b, b_other),
+          'label': int(label)}
 
 
 def _make_topic(rng: np.random.Generator, label: int) -> dict:
-  """Majority topic of 2-3 keywords; up to k-1 keywords of another topic and one of a third."""
-  k = int(rng.integers(2, 4))
+  """Majority topic of 2-4 keywords against up to k-1 of another topic (most often exactly
+  k-1: counting, not spotting one word, decides) and sometimes one of a third topic."""
+  k = int(rng.integers(2, 5))
   others = [t for t in range(len(_TOPIC_NAMES)) if t != label]
   rng.shuffle(others)
   words = _distinct(rng, _TOPICS[_TOPIC_NAMES[label]], k)
-  words += _distinct(rng, _TOPICS[_TOPIC_NAMES[others[0]]], int(rng.integers(0, k)))
-  if k == 3 and rng.random() < 0.5:
+  m = k - 1 if rng.random() < 0.7 else int(rng.integers(0, k))
+  words += _distinct(rng, _TOPICS[_TOPIC_NAMES[others[0]]], m)
+  if k >= 3 and rng.random() < 0.5:
     words.append(_pick(rng, _TOPICS[_TOPIC_NAMES[others[1]]]))
   words = [words[i] for i in rng.permutation(len(words))]
   listed = ' , the '.join(words[:-1]) + f' and the {words[-1]}'
@@ -293,9 +289,9 @@ _TASKS = (
                       2, ('negative', 'positive'),
                       notes='adjective polarity flipped by negation; distractor clauses'),
               _make_sentiment),
-    _DemoTask(_record('compare', 'Demo comparison NLI', Family.CLASSIFICATION, 4000, 3,
-                      ('entailment', 'neutral', 'contradiction'),
-                      notes='pair task: comparatives, name order and antonyms'),
+    _DemoTask(_record('compare', 'Demo quantity comparison', Family.CLASSIFICATION, 4000, 3,
+                      ('more', 'same', 'fewer'),
+                      notes='pair task: numbers as words or digits, distractor counts'),
               _make_compare),
     _DemoTask(_record('topic', 'Demo topic', Family.CLASSIFICATION, 3000, 4, _TOPIC_NAMES,
                       notes='majority topic among keywords with distractor keywords'),

@@ -82,6 +82,17 @@ class _HfBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   HOMEPAGE: str = ''
   DESCRIPTION: str = ''
 
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> None:
+    """None: TFDS only uses the code path to find a checksums file, and none is needed here.
+
+    The data comes through the HF library, not the TFDS download manager. (TFDS's own
+    implementation also imports `importlib_resources`, which TFDS declares as a dependency
+    only for Python < 3.9, so preparing a builder defined outside TFDS fails without this.)
+    """
+    return None
+
   def _features(self) -> Mapping[str, tfds.features.FeatureConnector]:
     raise NotImplementedError
 

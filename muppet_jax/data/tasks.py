@@ -45,6 +45,7 @@ from muppet_jax.data import demo
 from muppet_jax.data import hf_builders
 from muppet_jax.data import preprocessors
 from muppet_jax.data.catalogue import DatasetRecord
+from muppet_jax.data.catalogue import UnknownNameError
 from muppet_jax.data.features import Family
 from muppet_jax.data.features import TaskTable
 
@@ -75,13 +76,6 @@ _ENCODER_FAMILIES = (Family.CLASSIFICATION, Family.MULTIPLE_CHOICE, Family.SPAN)
 
 # Process-wide drop accounting of every task's mapper (thread-safe; read with drop_counts()).
 DROP_COUNTER = preprocessors.DropCounter()
-
-
-class UnknownNameError(KeyError):
-  """An unknown task or mixture name; the message lists close matches."""
-
-  def __str__(self) -> str:  # KeyError would quote the whole message.
-    return str(self.args[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,9 +147,10 @@ class MapToFamily:
   """seqio dataset-level preprocessor: raw TFDS examples -> family examples via a python mapper.
 
   Iterates the raw dataset as numpy, decodes it to plain python, calls the dataset's mapper
-  (`preprocessors.MAPPERS[slug]`) through `DROP_COUNTER` (bad records are dropped and counted), checks each result and re-emits it with
-  `tf.data.Dataset.from_generator` and the family's fixed signature. A summary line of the
-  task's drops is logged when a stream is exhausted or closed.
+  (`preprocessors.MAPPERS[slug]`) through `DROP_COUNTER` (bad records are dropped and
+  counted), checks each result and re-emits it with `tf.data.Dataset.from_generator` and the
+  family's fixed signature. A summary line of the task's drops is logged when a stream is
+  exhausted or closed.
   """
 
   def __init__(self, record: DatasetRecord):

@@ -475,7 +475,11 @@ class BartModel(nnx.Module):
                        decoder_positions=decoder_positions, deterministic=deterministic)
 
   def lm_logits(self, decoder_hidden: Array) -> Array:
-    """Tied LM head: `[B, Ld, H]` -> `[B, Ld, V]` float32, `hidden @ shared.T + final_logits_bias`."""
+    """Tied LM head: `[B, Ld, H]` -> `[B, Ld, V]` float32.
+
+    `hidden @ shared.T + final_logits_bias`, the matmul in the compute dtype with float32
+    accumulation (HF `lm_head` + `final_logits_bias`).
+    """
     table = self.shared.embedding[...].astype(self.dtype)
     logits = jnp.einsum('bld,vd->blv', decoder_hidden.astype(self.dtype), table,
                         preferred_element_type=jnp.float32)

@@ -102,9 +102,11 @@ def spectral_normalize(kernel: jax.Array, column_mask: jax.Array | None = None,
     v = normalize(w_const @ u)
     return normalize(w_const.T @ v)
 
-  # A fixed, generic start vector (a constant of the program): never orthogonal in practice to
-  # the top singular vector, and reproducible.
-  u0 = jnp.asarray(np.random.default_rng(0).normal(size=w.shape[1]), w.dtype)
+  # A fixed, generic start (constant of the program, never orthogonal in practice to the top
+  # singular vector): u0 = W^T v0. Derived from W so that inside shard_map the loop carry is
+  # device-varying like W.
+  v0 = jnp.asarray(np.random.default_rng(0).normal(size=w.shape[0]), w.dtype)
+  u0 = w_const.T @ v0
   u = jax.lax.fori_loop(0, iterations, power_step, normalize(u0))
   v = normalize(w_const @ u)
   u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)

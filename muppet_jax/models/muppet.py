@@ -192,9 +192,16 @@ class MuppetModel(nnx.Module):
     return SummarizeOutputs(logits=self.backbone.lm_logits(hidden), target_mask=decoder_mask)
 
 
-def _dtype(name: str):
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16,
-          'float64': jnp.float64}[name]
+def parse_dtype(name: str):
+  """`config.model.dtype` / `param_dtype` string -> jnp dtype."""
+  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16,
+            'float64': jnp.float64}
+  if name not in dtypes:
+    raise ValueError(f'unknown dtype {name!r}; one of {sorted(dtypes)}')
+  return dtypes[name]
+
+
+_dtype = parse_dtype  # Old private name, still used by train.py.
 
 
 def build_model(config: ml_collections.ConfigDict, hf_config: transformers.PretrainedConfig,
@@ -218,7 +225,7 @@ def build_model(config: ml_collections.ConfigDict, hf_config: transformers.Pretr
   model_type = config.model.type
   if model_type != hf_config.model_type:
     raise ValueError(f'model.type={model_type!r} but the checkpoint is {hf_config.model_type!r}')
-  dtype, param_dtype = _dtype(config.model.dtype), _dtype(config.model.param_dtype)
+  dtype, param_dtype = parse_dtype(config.model.dtype), parse_dtype(config.model.param_dtype)
   if backbone is None:
     backbone = hf.build(hf_config, dtype=dtype, param_dtype=param_dtype,
                         remat=config.model.remat, rngs=rngs)
