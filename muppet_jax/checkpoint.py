@@ -48,8 +48,12 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=max(1, save_every), create=True,
         enable_async_checkpointing=async_save)
+    # Handlers named up front, so that a fresh process can read item metadata before restoring.
     self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=('state', 'data', 'config'))
+        self.directory, options=options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'data': ocp.JsonCheckpointHandler(),
+                       'config': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -107,6 +111,39 @@ class Checkpointer:
     self._manager.close()
 
 
+def read_checkpoint(workdir: str, step: int | None = None) -> Restored:
+  """Reads a run's checkpoint as host numpy arrays, whatever devices wrote it.
+
+  For export and for fine-tuning from a pre-finetuned run: no abstract state is needed, and
+  the device topology of the writing run does not matter.
+  """
+  checkpointer = Checkpointer(workdir, keep=1_000_000, save_every=1, async_save=False)
+  manager = checkpointer._manager  # pylint: disable=protected-access
+  step = checkpointer.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise FileNotFoundError(
+        f'no checkpoint {"" if step is None else step} in {checkpointer.directory} '
+        f'(steps there: {sorted(manager.all_steps())})')
+  # Every array onto this host's first device, then to numpy.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      manager.item_metadata(step)['state'],
+      is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract),
+      data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+  manager.close()
+  return Restored(step=step, state=jax.tree.map(_to_numpy, restored['state']),
+                  data_state=restored['data'], config=restored['config'])
+
+
+def _to_numpy(x) -> np.ndarray:
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # The model's RNG stream keys.
+    x = jax.random.key_data(x)
+  return np.asarray(x)
+
+
 def _check_model_config(saved: dict, current: dict, directory: str, step: int) -> None:
   saved_model, current_model = saved.get('model', {}), current.get('model', {})
   diffs = [f'model.{k}: checkpoint {saved_model.get(k)!r} vs config {current_model.get(k)!r}'
@@ -120,11 +157,26 @@ def _check_model_config(saved: dict, current: dict, directory: str, step: int) -
         'the matching config:\n  ' + '\n  '.join(diffs))
 
 
+def path_name(path) -> str:
+  """'/'-joined names of a pytree path, the same for live state (attributes, named tuples,
+  nnx.State) and for what orbax reads back (nested dicts)."""
+  parts = []
+  for key in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+    else:
+      parts.append(str(key))
+  return '/'.join(parts)
+
+
 def _check_shapes(saved_tree: Any, abstract_state: Any, directory: str, step: int) -> None:
   """Compares leaf shapes before orbax would fail with a less readable error."""
-  saved = {jax.tree_util.keystr(p): tuple(getattr(v, 'shape', ()) or ())
-           for p, v in jax.tree_util.tree_flatten_with_path(saved_tree)[0]}
-  wanted = {jax.tree_util.keystr(p): tuple(np.shape(v))
+  is_array = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')
+  saved = {path_name(p): tuple(v.shape)
+           for p, v in jax.tree_util.tree_flatten_with_path(saved_tree, is_leaf=is_array)[0]}
+  wanted = {path_name(p): tuple(np.shape(v))
             for p, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
   missing = sorted(set(wanted) - set(saved))
   unexpected = sorted(set(saved) - set(wanted))

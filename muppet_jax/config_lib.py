@@ -85,6 +85,15 @@ def default() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.01  # Decoupled weight decay (not on biases and LayerNorm).
   c.optim.clip_norm = 0.0  # Global gradient-norm clipping (0 = off, fairseq's default).
 
+  # --- Fine-tuning (paper section 4; configs/finetune.py) ----------------------------------
+  c.finetune = ml_collections.ConfigDict()
+  # Pre-finetuned run to start from (its newest checkpoint): backbone, shared multiple-choice
+  # and span heads, and (with reuse_head) the task's own classification head. Its model shape
+  # and tokenizer replace this config's. Empty: start from model.init_from / random init.
+  c.finetune.from_workdir = ''
+  c.finetune.reuse_head = False  # Start the task's head from its pre-finetuning head.
+  c.finetune.train_fraction = 1.0  # Train on the first fraction of the train split.
+
   # --- Mesh ----------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis; -1 = all (divided by mesh.model).

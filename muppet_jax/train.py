@@ -25,12 +25,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import seqio
+import transformers
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from muppet_jax import checkpoint as checkpoint_lib
 from muppet_jax import evaluation
+from muppet_jax import finetune
 from muppet_jax import metrics_log
 from muppet_jax import objective
 from muppet_jax import optim
@@ -96,7 +98,10 @@ def setup_data(config: ml_collections.ConfigDict, workdir: str) -> DataSetup:
   if config.data.tfds_data_dir:
     seqio.set_tfds_data_dir_override(config.data.tfds_data_dir)
   vocab = vocab_lib.HFVocabulary(resolve_tokenizer(config, workdir))
-  mixture = tasks.mixture_tasks(config.data.mixture)
+  if config.data.mixture in seqio.TaskRegistry.names():  # One task (fine-tuning).
+    mixture = [(config.data.mixture, 1.0)]
+  else:
+    mixture = tasks.mixture_tasks(config.data.mixture)
   if config.data.num_tasks > 0:
     mixture = mixture[:config.data.num_tasks]  # The paper's number-of-tasks study (5.1).
   names = tuple(name for name, _ in mixture)
@@ -126,12 +131,20 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> str:
                    "(or data.tokenizer='demo' for the offline demo)")
 
 
-def build_model(config: ml_collections.ConfigDict, data: DataSetup) -> muppet.MuppetModel:
-  """Random init from `config.model`, or the backbone of `model.init_from` plus new heads."""
+def build_model(config: ml_collections.ConfigDict, data: DataSetup,
+                hf_config: transformers.PretrainedConfig | None = None
+                ) -> tuple[muppet.MuppetModel, transformers.PretrainedConfig]:
+  """The model and its backbone's `transformers` config.
+
+  Random init from `hf_config` if given, else the backbone of `model.init_from`, else random
+  init from the shape in `config.model`; the heads are always new.
+  """
   rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
-  dtype = muppet._dtype(config.model.dtype)  # pylint: disable=protected-access
-  param_dtype = muppet._dtype(config.model.param_dtype)  # pylint: disable=protected-access
-  if config.model.init_from:
+  dtype = muppet.parse_dtype(config.model.dtype)
+  param_dtype = muppet.parse_dtype(config.model.param_dtype)
+  if hf_config is not None:
+    backbone = None
+  elif config.model.init_from:
     # The run's dropout rates win over the checkpoint's (paper: 0.1, HF's defaults too).
     if config.model.type == 'roberta':
       overrides = {'hidden_dropout_prob': config.model.dropout,
@@ -157,7 +170,8 @@ def build_model(config: ml_collections.ConfigDict, data: DataSetup) -> muppet.Mu
         pad_token_id=data.vocab.pad_id, bos_token_id=data.vocab.bos_id,
         eos_token_id=data.vocab.eos_id)
   _check_fits(config, data, hf_config)
-  return muppet.build_model(config, hf_config, data.task_table, rngs=rngs, backbone=backbone)
+  model = muppet.build_model(config, hf_config, data.task_table, rngs=rngs, backbone=backbone)
+  return model, hf_config
 
 
 def _check_fits(config, data: DataSetup, hf_config) -> None:
@@ -192,6 +206,10 @@ def make_pipeline(config, data: DataSetup, layout: sharding.MeshLayout
                                     strategy=config.data.batching)
 
   def stream_factory(task_name: str, shard_index: int, num_shards: int):
+    if config.finetune.train_fraction < 1.0:
+      return finetune.fraction_stream(task_name, config.finetune.train_fraction,
+                                      seed=config.seed, shard_index=shard_index,
+                                      num_shards=num_shards)
     return tasks.family_examples(
         task_name, 'train', shuffle=True, seed=config.seed, shard_index=shard_index,
         num_shards=num_shards, repeat=True, shuffle_buffer_size=config.data.shuffle_buffer)
@@ -216,14 +234,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
                dict(layout.mesh.shape), accum * layout.data_size, layout.data_size, accum)
 
   # ----- 2. Data ------------------------------------------------------------------------------
+  pre_finetuned = None
+  if config.finetune.from_workdir:  # Fine-tuning: the pre-finetuned run's model and tokenizer.
+    pre_finetuned = finetune.load(config.finetune.from_workdir)
+    config = finetune.adopt(config, pre_finetuned)
   data = setup_data(config, workdir)
   pipeline = make_pipeline(config, data, layout)
   logging.info('%d tasks: %s', len(data.task_names),
                ', '.join(f'{n} ({r:.3f})' for n, r in zip(data.task_names, data.rates)))
 
   # ----- 3. State -----------------------------------------------------------------------------
-  model = build_model(config, data)
+  model, hf_config = build_model(
+      config, data, hf_config=pre_finetuned.hf_config if pre_finetuned else None)
+  if jax.process_index() == 0:  # Export and fine-tuning rebuild the exact backbone from it.
+    hf_config.to_json_file(os.path.join(workdir, finetune.BACKBONE_CONFIG))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  if pre_finetuned is not None:
+    params = finetune.transfer(params, pre_finetuned, data.task_table,
+                               reuse_head=config.finetune.reuse_head)
   tx = optim.build(config.optim, config.train.steps)
   schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
   settings = objective.ObjectiveSettings.from_config(config, data.vocab.vocab_size)

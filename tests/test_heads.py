@@ -7,7 +7,6 @@ Tiny random PyTorch models are saved with `save_pretrained`, the backbone is rea
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import torch

@@ -1,6 +1,7 @@
 """The per-slot objective: family dispatch, log(n) scaling, R3F (values, gradients, stop-gradient)
 and the compile cost of many classification heads."""
 
+import functools
 import time
 
 import jax
@@ -138,8 +139,22 @@ def _jnp(b):
 
 
 def _loss(model, b, settings, table=TABLE, key=0, deterministic=True):
+  """slot_loss, eagerly (its lax.switch is compiled anew at every call)."""
   return objective.slot_loss(model, _jnp(b), jax.random.key(key), task_table=table,
                              settings=settings, deterministic=deterministic)
+
+
+@functools.cache
+def _compiled_loss(table_name: str, settings: objective.ObjectiveSettings):
+  table = {'roberta': TABLE, 'bart': BART_TABLE}[table_name]
+  return jax.jit(lambda m, b, k: objective.slot_loss(m, b, k, task_table=table,
+                                                     settings=settings, deterministic=True))
+
+
+def _jit_loss(model, b, settings, table_name='roberta', key=0):
+  """slot_loss (dropout off) through one compiled program per (table, settings): the tests
+  that share them compile once."""
+  return _compiled_loss(table_name, settings)(model, _jnp(b), jax.random.key(key))
 
 
 # --- Values against hand computations ------------------------------------------------------------
@@ -150,7 +165,7 @@ def test_classification_slot_loss(scaling):
   model, config = _model()
   settings = _settings(config, loss_scaling=scaling)
   b = _classification_batch()
-  loss, m = _loss(model, b, settings)
+  loss, m = _jit_loss(model, b, settings)
   logits = np.asarray(model.classify(_jnp(b)).logits, np.float64)[:3, :3]
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   ce = -log_probs[np.arange(3), b['labels'][:3]]
@@ -165,7 +180,7 @@ def test_classification_slot_loss(scaling):
 def test_multiple_choice_slot_loss_masks_padded_choices():
   model, config = _model()
   b = _choice_batch()
-  loss, m = _loss(model, b, _settings(config))
+  loss, m = _jit_loss(model, b, _settings(config))
   scores = np.asarray(model.choose(_jnp(b)).logits, np.float64)
   want = []
   for e, n in enumerate([3, 2]):
@@ -178,7 +193,7 @@ def test_multiple_choice_slot_loss_masks_padded_choices():
 def test_span_slot_loss_scales_by_candidate_positions():
   model, config = _model()
   b = _span_batch()
-  loss, m = _loss(model, b, _settings(config))
+  loss, m = _jit_loss(model, b, _settings(config))
   out = model.span(_jnp(b))
   want = []
   for r in range(2):
@@ -201,7 +216,7 @@ def test_summarization_slot_loss_label_smoothing_and_vocab_scaling():
   model, config = _model('bart', BART_TABLE)
   settings = _settings(config, label_smoothing=0.1)
   b = _summarization_batch()
-  loss, m = _loss(model, b, settings, BART_TABLE)
+  loss, m = _jit_loss(model, b, settings, 'bart')
   logits = np.asarray(model.summarize(_jnp(b)).logits, np.float64)
   lprobs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   eps, eps_i = 0.1, 0.1 / (VOCAB - 1)
@@ -219,11 +234,11 @@ def test_summarization_slot_loss_label_smoothing_and_vocab_scaling():
 def test_absent_family_gives_zeros_and_empty_slot_is_finite():
   model, config = _model()
   b = _summarization_batch()  # a family this (RoBERTa) run does not have
-  loss, m = _loss(model, b, _settings(config))
+  loss, m = _jit_loss(model, b, _settings(config))
   assert float(loss) == 0. and float(m.unscaled_loss) == 0.
   b = _classification_batch()
   b['example_mask'][:] = False
-  loss, m = _loss(model, b, _settings(config))
+  loss, m = _jit_loss(model, b, _settings(config))
   assert float(loss) == 0. and float(m.num_examples) == 0.
   with pytest.raises(ValueError, match='model.type=bart'):
     objective.run_families(BART_TABLE, _settings(config))
@@ -291,7 +306,7 @@ def test_inside_shard_map_with_devices_on_different_families():
   assert err < 1e-5 * scale, (err, scale)
 
 
-# --- R3F ---------------------------------------------------------------------------------------------
+# --- R3F --------------------------------------------------------------------------------------
 
 
 def test_r3f_second_forward_only_when_enabled(monkeypatch):
@@ -315,7 +330,7 @@ def test_r3f_term_equals_manual_computation(noise):
   model, config = _model()
   settings = _settings(config, r3f=True, r3f_eps=0.1, r3f_noise=noise, r3f_lambda=0.7)
   b = _classification_batch()
-  loss, m = _loss(model, b, settings, key=3)
+  loss, m = _jit_loss(model, b, settings, key=3)
   jb = _jnp(b)
   _, noise_key = objective.split_slot_rng(jax.random.key(3))
   emb = model.embed_tokens(jb['input_ids'])
@@ -380,7 +395,8 @@ def _r3f_gradient_check(kind, table, b, key, picks):
   f = make_f(settings)
   grads = jax.jit(jax.grad(f))(params)
   fd, g = _fd_check(f, params, picks), _grad_at(grads, picks)
-  g_no_r3f = _grad_at(jax.jit(jax.grad(make_f(_settings(config, r3f=False))))(params), picks)
+  # The gradient without the R3F term, by finite differences too (a forward compile only).
+  g_no_r3f = _fd_check(make_f(_settings(config, r3f=False)), params, picks)
   err = np.abs(g - fd)
   print(f'\nR3F {kind}: grad {g}\n  finite differences {fd}\n  |diff| {err} (max rel '
         f'{np.max(err / np.abs(fd)):.2e}); R3F share of the gradient {np.abs(g - g_no_r3f)}')

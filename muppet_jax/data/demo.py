@@ -11,7 +11,7 @@ by a single token:
 | demo_sentiment | classification, 2 | adjective polarity flipped by a negation ("was not bad"); an ignorable "expected it to be X" clause adds opposite-polarity distractors |
 | demo_compare | classification, 3 | pair: does A have more / as many / fewer of the thing both sentences count ("7" = "seven"; some sentences also count something else) |
 | demo_topic | classification, 4 | majority topic among 2-4 keywords, against k-1 keywords of another topic (and one of a third) |
-| demo_choice | multiple choice, 3-5 | the choice that matches the fact about the person asked about (other facts of the context are distractors) |
+| demo_choice | multiple choice, 3-5 | the choice sold at the shop the person went into (every choice is sold somewhere; some contexts name a second shop) |
 | demo_span | extractive span | the place / pet / instrument of the person named by the question; long contexts need several windows |
 | demo_summarize | summarization | copy the sentence about the person the story "is about" (BART only) |
 
@@ -85,6 +85,24 @@ _COLORS = ('red', 'blue', 'green', 'yellow', 'black', 'white', 'brown', 'pink', 
            'purple', 'grey', 'silver')
 _OBJECTS = ('car', 'hat', 'cup', 'bike', 'lamp', 'coat', 'box', 'ball', 'kite', 'bag', 'chair',
             'phone', 'scarf', 'boat', 'clock', 'shoe')
+# Shops and what one buys there (multiple choice: match the choice to the shop entered).
+_SHOPS = {
+    'bakery': ('bread', 'cake', 'cookies', 'pie', 'muffins'),
+    'library': ('a book', 'a novel', 'a magazine', 'a map', 'a dictionary'),
+    'garage': ('a wrench', 'a hammer', 'a tire', 'motor oil', 'a drill'),
+    'pharmacy': ('medicine', 'pills', 'a bandage', 'vitamins', 'cough syrup'),
+    'florist': ('roses', 'tulips', 'lilies', 'a bouquet', 'daisies'),
+    'pet shop': ('a kitten', 'a puppy', 'fish food', 'a leash', 'a bird cage'),
+    'shoe store': ('boots', 'sandals', 'sneakers', 'slippers', 'laces'),
+    'toy store': ('a doll', 'a puzzle', 'a yoyo', 'a teddy bear', 'a toy train'),
+}
+_SHOP_NAMES = tuple(_SHOPS)
+_SHOP_VISITS = ('{n} went to the {s} .', '{n} spent the morning at the {s} .',
+                'in the afternoon {n} visited the {s} .',
+                '{n} walked past the {o} and went into the {s} .',
+                '{n} left the {o} and drove to the {s} .')
+_SHOP_QUESTIONS = ('what did {n} buy ?', 'what did {n} come home with ?',
+                   'what did {n} get there ?')
 
 _CITIES = ('paris', 'rome', 'berlin', 'madrid', 'london', 'vienna', 'lisbon', 'oslo', 'prague',
            'dublin', 'athens', 'warsaw', 'cairo', 'tokyo', 'lima', 'boston')
@@ -197,33 +215,21 @@ def _make_topic(rng: np.random.Generator, label: int) -> dict:
 
 
 def _make_choice(rng: np.random.Generator, label: int) -> dict:
-  """Who-has-what: the right choice is the item of the person asked about.
+  """Shopping: the right choice is sold at the shop the person went into.
 
-  Distractors: one or two items of other people in the context (need the name-item binding)
-  and items that are not in the context (eliminable by matching alone): partly solvable by
-  shallow matching, fully only by reading the right fact.
+  Every choice is something sold at some shop (each at a different one), so a choice alone
+  says nothing; 40% of the contexts also name a shop the person did not go into.
   """
   del label  # The correct choice's position is drawn below (3-5 choices).
-  n_people = int(rng.integers(3, 5))
-  people = _distinct(rng, _NAMES, n_people)
-  items = []
-  while len(items) < n_people:
-    item = f'a {_pick(rng, _COLORS)} {_pick(rng, _OBJECTS)}'
-    if item not in items:
-      items.append(item)
-  context = ' '.join(f'{p} has {it} .' for p, it in zip(people, items))
-  asked = int(rng.integers(n_people))
+  name = _pick(rng, _NAMES)
+  shop, other = (int(i) for i in rng.choice(len(_SHOP_NAMES), size=2, replace=False))
+  context = _pick(rng, _SHOP_VISITS).format(n=name, s=_SHOP_NAMES[shop], o=_SHOP_NAMES[other])
   n_choices = int(rng.integers(3, 6))
-  in_context = [it for i, it in enumerate(items) if i != asked]
-  n_hard = min(len(in_context), n_choices - 1, 1 + int(rng.random() < 0.5))
-  distractors = _distinct(rng, in_context, n_hard)
-  while len(distractors) < n_choices - 1:
-    item = f'a {_pick(rng, _COLORS)} {_pick(rng, _OBJECTS)}'
-    if item not in items and item not in distractors:
-      distractors.append(item)
+  wrong = _distinct(rng, [i for i in range(len(_SHOP_NAMES)) if i != shop], n_choices - 1)
+  choices = [_pick(rng, _SHOPS[_SHOP_NAMES[i]]) for i in wrong]
   answer = int(rng.integers(n_choices))
-  choices = distractors[:answer] + [items[asked]] + distractors[answer:]
-  return {'context': context, 'question': f'what does {people[asked]} have ?',
+  choices.insert(answer, _pick(rng, _SHOPS[_SHOP_NAMES[shop]]))
+  return {'context': context, 'question': _pick(rng, _SHOP_QUESTIONS).format(n=name),
           'choices': choices, 'label': answer}
 
 
@@ -296,7 +302,7 @@ _TASKS = (
     _DemoTask(_record('topic', 'Demo topic', Family.CLASSIFICATION, 3000, 4, _TOPIC_NAMES,
                       notes='majority topic among keywords with distractor keywords'),
               _make_topic),
-    _DemoTask(_record('choice', 'Demo who-has-what multiple choice', Family.MULTIPLE_CHOICE,
+    _DemoTask(_record('choice', 'Demo shopping multiple choice', Family.MULTIPLE_CHOICE,
                       3000, 5, notes='3-5 choices; num_classes is the most choices'),
               _make_choice),
     _DemoTask(_record('span', 'Demo extractive QA', Family.SPAN, 2000, metric='squad',

@@ -5,12 +5,14 @@ axes), optionally `input_embeddings` (R3F's noised token embeddings, `[R, L, H]`
 backbone's raw token lookup) and `deterministic`, and returns a small dataclass with the
 logits and the masks the loss needs:
 
-| family | representation | output |
-|---|---|---|
-| classification | hidden state at `example_index[:, 0]` (RoBERTa `<s>`; BART final `</s>` of the decoder, whose input is the segment shifted right) | `[E, K]` logits of the slot's task head, classes >= the task's count masked |
-| multiple choice | hidden state at `example_index [E, C]` (RoBERTa: through the backbone's pooler) | `[E, C]` one score per choice, padded choices masked |
-| span | every token's hidden state (example e = row e) | start / end logits `[R, L]`, non-candidates masked |
-| summarization (BART) | decoder over `decoder_input_ids` | LM logits `[R, Ld, V]` |
+- classification: the hidden state at `example_index[:, 0]` (RoBERTa: the segment's `<s>`;
+  BART: its final `</s>` on the decoder side, the decoder input being the segment shifted
+  right) -> the slot's task head -> `[E, K]` logits, classes >= the task's count masked.
+- multiple choice: the hidden states at `example_index [E, C]` (RoBERTa: through the
+  backbone's pooler) -> the shared head -> `[E, C]` scores, padded choices masked.
+- span: every token's hidden state (example e = row e) -> start / end logits `[R, L]`,
+  non-candidate positions masked.
+- summarization (BART): the decoder over `decoder_input_ids` -> LM logits `[R, Ld, V]`.
 
 The task of a slot is a traced scalar (`batch['task_id']`), so the classification head is
 picked with a dynamic index into the stacked heads: the program is the same for every task.
