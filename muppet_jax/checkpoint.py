@@ -171,12 +171,19 @@ def path_name(path) -> str:
   return '/'.join(parts)
 
 
+def _stored_shape(x) -> tuple[int, ...]:
+  """Shape as stored: typed PRNG keys are stored as their raw key data."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return tuple(jax.eval_shape(jax.random.key_data, x).shape)
+  return tuple(np.shape(x))
+
+
 def _check_shapes(saved_tree: Any, abstract_state: Any, directory: str, step: int) -> None:
   """Compares leaf shapes before orbax would fail with a less readable error."""
   is_array = lambda x: hasattr(x, 'shape') and hasattr(x, 'dtype')
   saved = {path_name(p): tuple(v.shape)
            for p, v in jax.tree_util.tree_flatten_with_path(saved_tree, is_leaf=is_array)[0]}
-  wanted = {path_name(p): tuple(np.shape(v))
+  wanted = {path_name(p): _stored_shape(v)
             for p, v in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
   missing = sorted(set(wanted) - set(saved))
   unexpected = sorted(set(saved) - set(wanted))

@@ -8,7 +8,7 @@ is laid out in the training sub-batch shapes, predicted by the compiled eval ste
   multiple choice    accuracy;
   span               SQuAD EM/F1 between the predicted and the gold answer text of each window
                      that contains the answer (window level: a cheap proxy during training);
-  summarization      teacher-forced token accuracy (ROUGE needs generation).
+  summarization      teacher-forced loss per target token (ROUGE needs generation).
 Every process builds the same sub-batches and feeds its own devices' positions.
 """
 
@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from flax import nnx
 
 from muppet_jax import evaluate
+from muppet_jax import objective
 from muppet_jax import sharding
 from muppet_jax import step as step_lib
 from muppet_jax.data import batching
@@ -36,14 +37,15 @@ class Evaluator:
   """Evaluates every task of a run with one compiled eval step."""
 
   def __init__(self, *, graphdef: nnx.GraphDef, data, config: ml_collections.ConfigDict,
-               layout: sharding.MeshLayout):
+               layout: sharding.MeshLayout, settings: objective.ObjectiveSettings):
     self.data = data
     self.layout = layout
     self.max_examples = int(config.data.eval_examples)
     self.builder = batching.SubBatchBuilder(
         data.shape, data.vocab, data.task_table, model_type=config.model.type,
         span_stride=config.data.span_stride)
-    self._step = jax.jit(step_lib.make_eval_step(graphdef, data.task_table, layout.mesh),
+    self._step = jax.jit(step_lib.make_eval_step(graphdef, data.task_table, settings,
+                                                 layout.mesh),
                          in_shardings=(None, None, layout.batch_sharding))
 
   def _sub_batches(self, task_name: str) -> list[dict[str, np.ndarray]]:
@@ -114,9 +116,8 @@ class Evaluator:
       gold_text = self.data.vocab.decode_batch(gold_text)
       scores = evaluate.squad(predicted_text, [[g] for g in gold_text])
       return {**scores, 'windows': float(len(gold_text))}
-    correct = sum(float(p.token_correct.sum()) for p in preds)
-    count = sum(float(p.token_count.sum()) for p in preds)
-    return {'token_accuracy': correct / max(count, 1.0), 'tokens': count}
+    losses = np.concatenate([p.loss[s['example_mask']] for s, p in zip(subs, preds)])
+    return {'loss': float(losses.mean()), 'examples': float(len(losses))}
 
 
 def print_summary(metrics: dict[str, dict[str, Any]], step: int) -> None:

@@ -245,12 +245,12 @@ def _fill(abstract: nnx.State, saved: Any, what: str, directory: str, step: int)
   """
   saved_flat = {checkpoint_lib.path_name(p): v
                 for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-  wanted = {}
+  wanted = set()
   missing, mismatched = [], []
 
   def take(path, leaf):
     name = checkpoint_lib.path_name(path)
-    wanted[name] = True
+    wanted.add(name)
     if name not in saved_flat:
       missing.append(name)
       return leaf
@@ -263,11 +263,15 @@ def _fill(abstract: nnx.State, saved: Any, what: str, directory: str, step: int)
     return jnp.asarray(value, leaf.dtype)
 
   filled = jax.tree_util.tree_map_with_path(take, abstract)
-  unexpected = sorted(set(saved_flat) - set(wanted))
+  unexpected = sorted(set(saved_flat) - wanted)
   if missing or mismatched or unexpected:
     lines = [f'missing in checkpoint: {what}/{k}' for k in missing[:5]]
     lines += [f'not in the rebuilt model: {what}/{k}' for k in unexpected[:5]]
     lines += [f'{what}/{k}' for k in mismatched[:5]]
+    if any('word_embeddings' in k or 'shared' in k for k in mismatched):
+      lines.append('(a different vocabulary size: the tokenizer found now is not the one the '
+                   'run was trained with, e.g. a newer demo tokenizer; a run written by the '
+                   'current train.py records its backbone config in backbone_config.json)')
     raise checkpoint_lib.IncompatibleCheckpointError(
         f'checkpoint {directory}/{step} does not fit the model rebuilt from its own config '
         f'({len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} shape '
@@ -305,6 +309,10 @@ def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
   config, task_names = config_from_record(record)
   data, records = _data_setup(config, workdir, task_names)
   hf_config = _saved_hf_config(workdir) or hf_config_for(config, data)
+  if data.vocab.vocab_size > hf_config.vocab_size:
+    raise ExportError(f'the tokenizer {data.vocab.path} has {data.vocab.vocab_size} tokens but '
+                      f'the model\'s vocabulary has {hf_config.vocab_size}: it is not the '
+                      'tokenizer the run was trained with')
 
   # The model's structure only (no init compute or memory): the checkpoint fills the values.
   def build():
@@ -541,7 +549,7 @@ def export(workdir: str, out_dir: str, step: int | None = None) -> ExportReport:
 
 def _fmt(value: Any) -> str:
   if isinstance(value, float):
-    return f'{value:.4f}'
+    return str(int(value)) if value.is_integer() else f'{value:.4f}'
   return str(value)
 
 
@@ -589,19 +597,22 @@ def model_card(report: ExportReport, run: RestoredRun) -> str:
       '| task | dataset | family | classes | label names | rate | head directory |',
       '|---|---|---|---|---|---|---|',
   ]
+  finite = [r for r in run.data.rates if np.isfinite(r)]
+  total = sum(finite) or 1.0
   for name, record, rate in zip(report.task_names, run.records, run.data.rates):
-    entry = _task_card_entry(name, record, rate)
+    entry = _task_card_entry(name, record, rate / total)
     head = head_of.get(name)
     where = f'`heads/{head.name}` ({head.hf_class})' if head else (
         'this directory (LM head)' if record.family == Family.SUMMARIZATION else '-')
     classes = entry['num_classes'] if record.family in (Family.CLASSIFICATION,
                                                         Family.MULTIPLE_CHOICE) else '-'
     label_names = ', '.join(entry['label_names']) or '-'
-    rate_text = '-' if entry['rate'] is None else f'{entry["rate"]:.4f}'
+    rate_text = '-' if entry['rate'] is None else f'{100 * entry["rate"]:.1f}%'
     lines.append(f'| `{name}` | {record.name} | {entry["family"]} | {classes} | {label_names} '
                  f'| {rate_text} | {where} |')
-  lines += ['', '(rate: the natural mixing rate, proportional to the training size; '
-            'multiple choice "classes" is the most choices of an example.)', '']
+  lines += ['', '(rate: the share of update slots the task was sampled for, its natural '
+            'mixing rate: proportional to its training size; multiple choice "classes" is the '
+            'most choices of an example.)', '']
 
   lines += ['## Evaluation', '']
   if report.eval_metrics:
@@ -707,19 +718,25 @@ def model_card(report: ExportReport, run: RestoredRun) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str]) -> None:
-  from absl import flags  # pylint: disable=import-outside-toplevel
-
-  del argv
-  f = flags.FLAGS
+def cli(workdir: str, out: str, step: int | None = None) -> ExportReport:
+  """The command line's work: export and print a summary; `SystemExit` on an ExportError."""
   try:
-    report = export(f.workdir, f.out, step=f.step)
+    report = export(workdir, out, step=step)
   except ExportError as e:
     raise SystemExit(f'error: {e}') from None
-  print(f'exported step {report.step} of {f.workdir} to {report.out_dir}:')
+  print(f'exported step {report.step} of {workdir} to {report.out_dir}:')
   print(f'  {report.backbone_class}: {report.out_dir}')
   for head in report.heads:
     print(f'  {head.hf_class}: {head.path}  ({", ".join(head.tasks)})')
+  return report
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  if len(argv) > 1:
+    raise SystemExit(f'unexpected arguments: {list(argv[1:])}')
+  cli(flags.FLAGS.workdir, flags.FLAGS.out, flags.FLAGS.step)
 
 
 def _define_flags() -> None:

@@ -114,6 +114,17 @@ class GenerationConfig:
   forced_eos_token_id: int | None = None
 
   def __post_init__(self):
+    # Plain Python types (values may come from JSON, numpy or a ConfigDict): the config is a
+    # static jit argument, hashed and compared.
+    for name in ('num_beams', 'max_length', 'min_length', 'no_repeat_ngram_size',
+                 'decoder_start_token_id', 'pad_token_id'):
+      object.__setattr__(self, name, int(getattr(self, name)))
+    for name in ('bos_token_id', 'eos_token_id', 'forced_bos_token_id', 'forced_eos_token_id'):
+      value = getattr(self, name)
+      object.__setattr__(self, name, None if value is None else int(value))
+    object.__setattr__(self, 'length_penalty', float(self.length_penalty))
+    if self.early_stopping not in ('never',):
+      object.__setattr__(self, 'early_stopping', bool(self.early_stopping))
     if self.num_beams < 1:
       raise ValueError(f'num_beams must be >= 1, got {self.num_beams}.')
     if self.max_length < 2:

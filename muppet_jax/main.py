@@ -27,9 +27,12 @@ _PREEMPTED_EXIT_CODE = 143
 
 
 class _QuietLibraries:
-  """Keeps orbax's per-save INFO chatter out of the progress log (warnings still pass)."""
+  """Keeps library chatter out of the progress log: orbax's per-save INFO lines, and seqio's
+  warning about uncached in-memory sources, printed for every task stream of the demo."""
 
   def filter(self, record) -> bool:
+    if 'uncached FunctionDataset' in str(record.msg):
+      return False
     return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
 
 

@@ -135,6 +135,20 @@ def state_shardings(mesh: Mesh, state: nnx.State,
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def put_global(tree, shardings):
+  """Places host values that every process holds identically (e.g. a freshly initialised
+  state) as global arrays; unlike `jax.device_put` this works across processes."""
+
+  def put(x, sharding):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = put(jax.random.key_data(x), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(put, tree, shardings)
+
+
 def global_batch(layout: MeshLayout, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
   """Host-local slots [A, D_local, ...] -> one global array [A, D, ...] sharded over `data`."""
 

@@ -25,7 +25,6 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from muppet_jax import objective
-from muppet_jax import predict
 from muppet_jax.data.features import TaskTable
 from muppet_jax.sharding import DATA
 
@@ -162,7 +161,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, task_table: TaskTable, mesh: jax.sharding.Mesh):
+def make_eval_step(graphdef: nnx.GraphDef, task_table: TaskTable,
+                   settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh):
   """Returns `(params, rest, batch [A, D, ...]) -> SlotPredictions [A, D, ...]`.
 
   Every device predicts its own slots with dropout off; there are no collectives.
@@ -171,8 +171,8 @@ def make_eval_step(graphdef: nnx.GraphDef, task_table: TaskTable, mesh: jax.shar
   def per_device(params, rest, batch):
     model = nnx.merge(graphdef, params, rest)
     local = jax.tree.map(lambda x: x[:, 0], batch)
-    preds = jax.lax.map(lambda b: predict.slot_predictions(model, b, task_table=task_table),
-                        local)
+    preds = jax.lax.map(lambda b: objective.slot_predictions(
+        model, b, task_table=task_table, settings=settings), local)
     return jax.tree.map(lambda x: x[:, None], preds)
 
   def eval_step(params, rest, batch):

@@ -259,7 +259,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
       rng=jax.random.key_data(jax.random.key(config.seed + 2)))
   state_sharding = _state_sharding(layout, state)
-  state = jax.device_put(state, state_sharding)
+  state = sharding.put_global(state, state_sharding)
 
   # ----- 4. Restore ---------------------------------------------------------------------------
   checkpointer = checkpoint_lib.Checkpointer(
@@ -281,7 +281,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       out_shardings=(state_sharding, layout.replicated),
       donate_argnums=0)
   eval_runner = evaluation.Evaluator(graphdef=graphdef, data=data, config=config,
-                                     layout=layout)
+                                     layout=layout, settings=settings)
 
   # ----- 6. Train -----------------------------------------------------------------------------
   logger = metrics_log.MetricsLogger(workdir, total_steps=config.train.steps,

@@ -342,4 +342,5 @@ def test_span_keeps_the_answer_window_when_windows_exceed_rows(vocab, table):
   hits = [r for r in range(2) if a['span_start'][r]]
   assert len(hits) >= 1
   r = hits[0]
-  assert vocab.tokenizer.decode(a['input_ids'][r, a['span_start'][r]:a['span_end'][r] + 1]).strip() == 'rome'
+  answer = a['input_ids'][r, a['span_start'][r]:a['span_end'][r] + 1]
+  assert vocab.tokenizer.decode(answer).strip() == 'rome'

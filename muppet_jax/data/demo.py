@@ -6,14 +6,24 @@ vocabulary of a few hundred words, built so that a tiny random-init transformer 
 hidden 128) learns each of them well above chance in a few hundred updates, but none is solved
 by a single token:
 
-| slug | family | what decides the answer |
-|---|---|---|
-| demo_sentiment | classification, 2 | adjective polarity flipped by a negation ("was not bad"); an ignorable "expected it to be X" clause adds opposite-polarity distractors |
-| demo_compare | classification, 3 | pair: does A have more / as many / fewer of the thing both sentences count ("7" = "seven"; some sentences also count something else) |
-| demo_topic | classification, 4 | majority topic among 2-4 keywords, against k-1 keywords of another topic (and one of a third) |
-| demo_choice | multiple choice, 3-5 | the choice sold at the shop the person went into (every choice is sold somewhere; some contexts name a second shop) |
-| demo_span | extractive span | the place / pet / instrument of the person named by the question; long contexts need several windows |
-| demo_summarize | summarization | copy the sentence about the person the story "is about" (BART only) |
+- demo_sentiment (classification, 2): adjective polarity flipped by a negation ("was not
+  bad"); an ignorable "i expected it to be X" clause adds opposite-polarity distractors.
+- demo_compare (classification, 3, pair): does A have more / as many / fewer of the thing both
+  sentences count; numbers are words or digits ("7" = "seven"), and some sentences also count
+  something else.
+- demo_topic (classification, 4): majority topic among 2-4 keywords, against k-1 keywords of
+  another topic (and one of a third).
+- demo_choice (multiple choice, 3-5 choices): the choice sold at the shop the person went into;
+  every choice is sold somewhere, and some contexts name a second shop.
+- demo_span (extractive span): the place / pet / instrument of the person the question names;
+  the longest contexts need two windows.
+- demo_summarize (summarization, BART only): copy the sentence about the person the story "is
+  about".
+
+Measured with a 2-layer, hidden-128 transformer trained on one task at a time (batch 48, or 16
+for multiple choice, 8 for span; Adam 1e-3): held-out accuracy after 100 / 400 steps is
+sentiment 0.53 / 0.94, compare 0.66 / 0.78, topic 0.89 / 1.00 (counting, not one word: the best
+one-word rule gets 0.68), choice 0.28 / 0.60 (chance 0.27), span exact match 0.07 / 0.23.
 
 Labels are exactly balanced (each class equally often, in shuffled order) and validation
 examples never repeat a training example's text.
@@ -81,6 +91,12 @@ _TOPICS = {
               'tune', 'studio'),
 }
 _TOPIC_NAMES = tuple(_TOPICS)
+_TOPIC_FRAMES = ('the news covered', 'people talked about', 'the report mentioned',
+                 'our neighbour asked about', 'critics wrote about', 'the city announced plans for',
+                 'a blog post described', 'the radio discussed', 'my aunt complained about',
+                 'the magazine reviewed')
+
+# Summarization: '<name> <verb> a <color> <object> in <city> .'
 _COLORS = ('red', 'blue', 'green', 'yellow', 'black', 'white', 'brown', 'pink', 'gold',
            'purple', 'grey', 'silver')
 _OBJECTS = ('car', 'hat', 'cup', 'bike', 'lamp', 'coat', 'box', 'ball', 'kite', 'bag', 'chair',
@@ -127,12 +143,6 @@ _FILLERS = ('the weather was mild', 'it rained in the morning', 'the market was 
 
 _VERBS_PAST = ('bought', 'sold', 'painted', 'found', 'lost', 'fixed', 'borrowed', 'cleaned',
                'carried', 'built')
-
-
-_TOPIC_FRAMES = ('the news covered', 'people talked about', 'the report mentioned',
-                 'our neighbour asked about', 'critics wrote about', 'the city announced plans for',
-                 'a blog post described', 'the radio discussed', 'my aunt complained about',
-                 'the magazine reviewed')
 
 
 def _pick(rng: np.random.Generator, seq):
@@ -306,7 +316,8 @@ _TASKS = (
                       3000, 5, notes='3-5 choices; num_classes is the most choices'),
               _make_choice),
     _DemoTask(_record('span', 'Demo extractive QA', Family.SPAN, 2000, metric='squad',
-                      notes='contexts of 15-170 tokens: long ones need several windows'),
+                      notes='contexts of ~10-150 tokens (mean ~67): the longest need two '
+                      '128-token windows'),
               _make_span),
     _DemoTask(_record('summarize', 'Demo copy summarization', Family.SUMMARIZATION, 2000,
                       metric='rouge', notes='BART only'),
@@ -364,7 +375,7 @@ def examples(slug: str, split: str) -> list[dict]:
 
 # --- Tokenizer ---------------------------------------------------------------------------------
 
-TOKENIZER_DIRNAME = 'demo_tokenizer_v1'  # Bump the suffix when the data or the BPE changes.
+TOKENIZER_DIRNAME = 'demo_tokenizer_v2'  # Bump the suffix when the data or the BPE changes.
 _VOCAB_SIZE = 1500
 _SPECIAL = ('<s>', '<pad>', '</s>', '<unk>')  # Ids 0-3 as in RoBERTa; <mask> is appended last.
 

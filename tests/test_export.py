@@ -1,0 +1,472 @@
+"""Export: a tiny demo run -> Hugging Face directories that `transformers` (PyTorch) loads.
+
+A tiny RoBERTa demo run and a tiny BART demo run are trained in-process (3 updates), exported,
+and every exported directory is loaded with `from_pretrained(..., output_loading_info=True)`
+(no missing or unexpected keys). Real demo validation examples, laid out by our batching
+(`SubBatchBuilder`), go through our model's family forwards and through the `transformers`
+task models; logits must agree within 1e-4. Each example is compared twice: our forward on the
+packed training-layout sub-batch, and on unpacked one-example rows with HF-style right padding
+(the inputs the PyTorch model gets).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import torch
+import transformers
+
+from configs import demo as demo_config
+from muppet_jax import checkpoint as checkpoint_lib
+from muppet_jax import export
+from muppet_jax import train
+from muppet_jax.data import batching
+from muppet_jax.data import demo
+from muppet_jax.data import tasks
+from muppet_jax.data.features import Family
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = 1e-4
+NUM_EXAMPLES = 8  # Demo validation examples per task.
+# Max |ours - transformers| per head kind, printed at the end of the module (pytest -s).
+MAX_DIFFS: dict[str, float] = {}
+
+
+def _tiny_config(variant: str):
+  config = demo_config.get_config(variant)
+  config.train.steps = 3
+  config.train.checkpoint_every = 3
+  config.train.eval_every = 0
+  config.train.log_every = 1
+  config.train.grad_accum = 2
+  config.data.eval_examples = NUM_EXAMPLES
+  config.model.hidden_size = 32
+  config.model.num_layers = 1
+  config.model.num_heads = 2
+  config.model.intermediate_size = 64
+  # Large steps (Adam moves every parameter by ~lr per update), so that after 3 updates the
+  # heads are far from their tiny init and logits vary well beyond the comparison tolerance.
+  config.optim.learning_rate = 3e-2
+  config.optim.warmup_steps = 1
+  config.mesh.data = 1
+  return config
+
+
+def _train_and_export(tmp_path_factory, variant: str) -> dict:
+  base = tmp_path_factory.mktemp(f'export_{variant}')
+  workdir, out = str(base / 'run'), str(base / 'hf')
+  result = train.run(_tiny_config(variant), workdir)
+  assert result.step == 3
+  report = export.export(workdir, out)
+  run = export.restore_run(workdir)
+  return {'workdir': workdir, 'out': out, 'report': report, 'run': run}
+
+
+@pytest.fixture(scope='module')
+def roberta_export(tmp_path_factory):
+  return _train_and_export(tmp_path_factory, 'roberta')
+
+
+@pytest.fixture(scope='module')
+def bart_export(tmp_path_factory):
+  return _train_and_export(tmp_path_factory, 'bart')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _print_diffs():
+  yield
+  if MAX_DIFFS:
+    print('\nmax |ours - transformers| per head kind:')
+    for kind, diff in sorted(MAX_DIFFS.items()):
+      print(f'  {kind:40s} {diff:.2e}')
+
+
+def _record_diff(kind: str, diff: float) -> None:
+  MAX_DIFFS[kind] = max(MAX_DIFFS.get(kind, 0.0), diff)
+
+
+# --- Inputs ---------------------------------------------------------------------------------------
+
+
+def _sub_batches(run, task_name: str) -> list[dict[str, np.ndarray]]:
+  """The task's first validation examples laid out by our batching (packed sub-batches)."""
+  builder = batching.SubBatchBuilder(
+      run.data.shape, run.data.vocab, run.data.task_table, model_type=run.config.model.type,
+      span_stride=run.config.data.span_stride)
+  slug = tasks.record_for_task(task_name).slug
+  stream = builder.stream(task_name, demo.examples(slug, 'validation')[:NUM_EXAMPLES])
+  out = []
+  while True:
+    sub = builder.build(stream)
+    if sub.num_examples == 0:
+      return out
+    out.append(sub.arrays)
+
+
+def _segments(arrays: dict[str, np.ndarray]) -> list[list[np.ndarray]]:
+  """Per example, the token ids of each of its (choice) segments, read off a packed sub-batch."""
+  length = arrays['input_ids'].shape[1]
+  out = []
+  for e in np.flatnonzero(arrays['example_mask']):
+    choices = []
+    for c in np.flatnonzero(arrays['choice_mask'][e]):
+      row, col = divmod(int(arrays['example_index'][e, c]), length)
+      segment = arrays['segment_ids'][row, col]
+      choices.append(arrays['input_ids'][row][arrays['segment_ids'][row] == segment])
+    out.append(choices)
+  return out
+
+
+def _unpacked(rows: list[np.ndarray], pad_id: int, model_type: str, task_id: int
+              ) -> dict[str, np.ndarray]:
+  """One segment per row, right-padded (HF style), in our sub-batch layout."""
+  length = max(len(r) for r in rows)
+  n = len(rows)
+  ids = np.full((n, length), pad_id, np.int32)
+  for i, r in enumerate(rows):
+    ids[i, :len(r)] = r
+  real = np.zeros((n, length), bool)
+  for i, r in enumerate(rows):
+    real[i, :len(r)] = True
+  last = [len(r) - 1 if model_type == 'bart' else 0 for r in rows]
+  return {
+      'task_id': np.int32(task_id),
+      'input_ids': ids,
+      'segment_ids': real.astype(np.int32),
+      'positions': np.where(real, np.arange(length)[None], 0).astype(np.int32),
+      'example_index': np.array([[i * length + last[i]] for i in range(n)], np.int32),
+      'choice_mask': np.ones((n, 1), bool),
+      'span_mask': real,
+  }
+
+
+def _torch_inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+  return {'input_ids': torch.tensor(batch['input_ids'], dtype=torch.long),
+          'attention_mask': torch.tensor(batch['segment_ids'] > 0, dtype=torch.long)}
+
+
+def _load(cls, path: str):
+  model, info = cls.from_pretrained(path, output_loading_info=True)
+  for kind in ('missing_keys', 'unexpected_keys', 'mismatched_keys'):
+    assert not info.get(kind), (path, kind, info[kind])
+  return model.eval()
+
+
+def _head(report, name: str):
+  return next(h for h in report.heads if h.name == name)
+
+
+def _assert_close(kind: str, ours, theirs) -> None:
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  assert ours.shape == theirs.shape, (kind, ours.shape, theirs.shape)
+  diff = float(np.max(np.abs(ours - theirs)))
+  _record_diff(kind, diff)
+  assert diff <= TOL, (kind, diff)
+  # The comparison means something: the outputs are far from 0 at this tolerance.
+  assert float(np.max(np.abs(theirs))) > 30 * TOL, (kind, float(np.max(np.abs(theirs))))
+
+
+# --- Checks shared by both model types -------------------------------------------------------
+
+
+def _check_restored_params(workdir: str, run) -> None:
+  """The export's model holds exactly the checkpoint's parameters (read independently)."""
+  raw = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '3', 'state'))
+  saved = {checkpoint_lib.path_name(p): np.asarray(v)
+           for p, v in jax.tree_util.tree_flatten_with_path(raw['params'])[0]}
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  ours = {checkpoint_lib.path_name(p): np.asarray(v) for p, v in
+          jax.tree_util.tree_flatten_with_path(nnx.state(run.model, nnx.Param))[0]}
+  assert set(ours) == set(saved)
+  for name, value in ours.items():
+    np.testing.assert_array_equal(value, saved[name], err_msg=name)
+
+
+def _check_classification(exported, model_cls, kind: str) -> None:
+  run, report = exported['run'], exported['report']
+  pad = run.data.vocab.pad_id
+  cls_tasks = [n for n, f in zip(run.data.task_names, run.data.task_table.families)
+               if f == Family.CLASSIFICATION]
+  assert cls_tasks
+  for task in cls_tasks:
+    head = _head(report, task)
+    assert head.hf_class == model_cls.__name__
+    hf_model = _load(model_cls, head.path)
+    record = tasks.record_for_task(task)
+    assert hf_model.config.num_labels == record.num_classes
+    assert [hf_model.config.id2label[i] for i in range(record.num_classes)] == list(
+        record.label_names)
+    task_id = run.data.task_table.task_id(task)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(head.path)
+    examples = demo.examples(record.slug, 'validation')[:NUM_EXAMPLES]
+    seen = 0
+    for arrays in _sub_batches(run, task):
+      segments = [s[0] for s in _segments(arrays)]
+      packed = np.asarray(run.model.classify(arrays).logits)[:len(segments),
+                                                              :record.num_classes]
+      batch = _unpacked(segments, pad, run.config.model.type, task_id)
+      unpacked = np.asarray(run.model.classify(batch).logits)[:, :record.num_classes]
+      with torch.no_grad():
+        theirs = hf_model(**_torch_inputs(batch)).logits.numpy()
+      _assert_close(kind, unpacked, theirs)
+      _assert_close(kind + ' (packed)', packed, theirs)
+      # The model card's recipe (tokenizer(text_a, text_b)) gives exactly these inputs.
+      for segment, ex in zip(segments, examples[seen:]):
+        enc = tokenizer(ex['text_a'], ex['text_b'] or None)['input_ids']
+        assert list(enc) == segment.tolist(), (task, ex)
+      seen += len(segments)
+    assert seen == NUM_EXAMPLES
+
+
+def _check_span(exported, model_cls, kind: str) -> None:
+  run, report = exported['run'], exported['report']
+  task = next(n for n, f in zip(run.data.task_names, run.data.task_table.families)
+              if f == Family.SPAN)
+  head = _head(report, export.SPAN_HEAD_DIRNAME)
+  assert head.hf_class == model_cls.__name__ and head.tasks == [task]
+  hf_model = _load(model_cls, head.path)
+  rows = 0
+  for arrays in _sub_batches(run, task):
+    real = arrays['segment_ids'][:, 0] > 0  # Window rows (example e = row e).
+    windows = [arrays['input_ids'][r][arrays['segment_ids'][r] > 0] for r in np.flatnonzero(real)]
+    batch = _unpacked(windows, run.data.vocab.pad_id, run.config.model.type,
+                      run.data.task_table.task_id(task))
+    ours = run.model.span(batch)
+    with torch.no_grad():
+      theirs = hf_model(**_torch_inputs(batch))
+    mask = batch['span_mask']
+    for name in ('start_logits', 'end_logits'):
+      _assert_close(kind, np.asarray(getattr(ours, name))[mask],
+                    getattr(theirs, name).numpy()[mask])
+    # Packed layout: the same rows, as training and evaluation see them (candidates only).
+    packed = run.model.span(arrays)
+    cand = arrays['span_mask'][real]
+    length = batch['input_ids'].shape[1]
+    for name in ('start_logits', 'end_logits'):
+      theirs_rows = getattr(theirs, name).numpy()
+      ours_rows = np.asarray(getattr(packed, name))[real][:, :length]
+      _assert_close(kind + ' (packed)', ours_rows[cand[:, :length]],
+                    theirs_rows[cand[:, :length]])
+    rows += len(windows)
+  assert rows >= NUM_EXAMPLES
+
+
+def _choice_examples(run, task: str) -> list[list[np.ndarray]]:
+  return [choices for arrays in _sub_batches(run, task) for choices in _segments(arrays)]
+
+
+def _our_choice_scores(run, task: str) -> tuple[np.ndarray, np.ndarray]:
+  """Our scores [E, C] of the task's examples: unpacked (one choice per row, one call) and
+  packed (the training layout, one call per sub-batch)."""
+  examples = _choice_examples(run, task)
+  assert len(examples) == NUM_EXAMPLES
+  rows = [c for choices in examples for c in choices]
+  batch = _unpacked(rows, run.data.vocab.pad_id, run.config.model.type,
+                    run.data.task_table.task_id(task))
+  width = max(len(choices) for choices in examples)
+  index = np.zeros((len(examples), width), np.int32)
+  mask = np.zeros((len(examples), width), bool)
+  flat, k = batch['example_index'][:, 0], 0
+  for e, choices in enumerate(examples):
+    index[e, :len(choices)] = flat[k:k + len(choices)]
+    mask[e, :len(choices)] = True
+    k += len(choices)
+  batch['example_index'], batch['choice_mask'] = index, mask
+  unpacked = np.asarray(run.model.choose(batch).logits)
+  packed = [np.asarray(run.model.choose(arrays).logits)[:len(_segments(arrays))]
+            for arrays in _sub_batches(run, task)]
+  packed = np.concatenate([p[:, :width] for p in packed])
+  return unpacked, packed
+
+
+def _check_choice_tokenization(run, task: str, path: str) -> None:
+  """The recipe of the card and muppet_head.json gives exactly our multiple-choice inputs."""
+  tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+  slug = tasks.record_for_task(task).slug
+  examples = demo.examples(slug, 'validation')[:NUM_EXAMPLES]
+  for ex, choices in zip(examples, _choice_examples(run, task)):
+    first = ex['context'] + ' ' + ex['question']
+    for choice, segment in zip(ex['choices'], choices):
+      assert tokenizer(first, choice)['input_ids'] == segment.tolist(), ex
+
+
+def _hf_choice_inputs(run, task: str) -> list[dict[str, np.ndarray]]:
+  """Per example, its choices as right-padded rows (what the HF model gets)."""
+  return [_unpacked(choices, run.data.vocab.pad_id, run.config.model.type, 0)
+          for choices in _choice_examples(run, task)]
+
+
+def _check_card(exported) -> None:
+  out, report, run = exported['out'], exported['report'], exported['run']
+  with open(os.path.join(out, 'README.md')) as f:
+    card = f.read()
+  assert f'Steps trained: {report.step}' in card
+  for task in run.data.task_names:
+    assert f'`{task}`' in card
+  for head in report.heads:
+    assert f'heads/{head.name}' in card
+    with open(os.path.join(head.path, export.HEAD_INFO_FILENAME)) as f:
+      info = json.load(f)
+    assert info['hf_class'] == head.hf_class and info['tasks'] == head.tasks
+    # Every head directory is self-contained: weights, config and tokenizer.
+    assert transformers.AutoTokenizer.from_pretrained(head.path).pad_token_id == (
+        run.data.vocab.pad_id)
+  # The latest eval line of metrics.jsonl, at the exported step.
+  assert report.eval_step == 3 and report.eval_metrics
+  for task, metrics in report.eval_metrics.items():
+    assert f'`{task}`' in card
+  record = tasks.record_for_task(run.data.task_names[0])
+  assert ', '.join(record.label_names) in card
+
+
+# --- RoBERTa ---------------------------------------------------------------------------------
+
+
+def test_roberta_backbone_loads_and_matches(roberta_export):
+  run, out = roberta_export['run'], roberta_export['out']
+  _check_restored_params(roberta_export['workdir'], run)
+  model = _load(transformers.AutoModel, out)
+  assert isinstance(model, transformers.RobertaModel)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+  assert tokenizer.vocab_size == run.data.vocab.vocab_size or len(tokenizer) == (
+      run.data.vocab.vocab_size)
+  task = run.data.task_names[0]
+  segments = [s[0] for s in _segments(_sub_batches(run, task)[0])]
+  batch = _unpacked(segments, run.data.vocab.pad_id, 'roberta', 0)
+  ours = run.model.backbone(batch['input_ids'], batch['segment_ids'] > 0)
+  with torch.no_grad():
+    theirs = model(**_torch_inputs(batch)).last_hidden_state.numpy()
+  mask = batch['segment_ids'] > 0
+  _assert_close('roberta backbone hidden', np.asarray(ours)[mask], theirs[mask])
+
+
+def test_roberta_classification_heads(roberta_export):
+  _check_classification(roberta_export, transformers.RobertaForSequenceClassification,
+                        'RobertaForSequenceClassification')
+
+
+def test_roberta_multiple_choice_head(roberta_export):
+  run, report = roberta_export['run'], roberta_export['report']
+  task = next(n for n, f in zip(run.data.task_names, run.data.task_table.families)
+              if f == Family.MULTIPLE_CHOICE)
+  head = _head(report, export.CHOICE_HEAD_DIRNAME)
+  assert head.hf_class == 'RobertaForMultipleChoice' and head.tasks == [task]
+  hf_model = _load(transformers.RobertaForMultipleChoice, head.path)
+  _check_choice_tokenization(run, task, head.path)
+  ours, packed = _our_choice_scores(run, task)
+  for e, batch in enumerate(_hf_choice_inputs(run, task)):
+    n = batch['input_ids'].shape[0]
+    with torch.no_grad():
+      inputs = {k: v[None] for k, v in _torch_inputs(batch).items()}  # [1, n, L]
+      theirs = hf_model(**inputs).logits.numpy()
+    _assert_close('RobertaForMultipleChoice', ours[e:e + 1, :n], theirs)
+    _assert_close('RobertaForMultipleChoice (packed)', packed[e:e + 1, :n], theirs)
+
+
+def test_roberta_span_head(roberta_export):
+  _check_span(roberta_export, transformers.RobertaForQuestionAnswering,
+              'RobertaForQuestionAnswering')
+
+
+def test_roberta_model_card(roberta_export):
+  _check_card(roberta_export)
+  names = {h.name for h in roberta_export['report'].heads}
+  assert names == {*[n for n in roberta_export['run'].data.task_names
+                     if tasks.record_for_task(n).family == Family.CLASSIFICATION],
+                   export.CHOICE_HEAD_DIRNAME, export.SPAN_HEAD_DIRNAME}
+
+
+def test_errors_name_the_problem(roberta_export, tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(export.ExportError, match='no checkpoints'):
+    export.export(str(empty), str(tmp_path / 'out'))
+  assert not (empty / 'checkpoints').exists()  # Nothing created in the workdir.
+  with pytest.raises(export.ExportError, match='does not exist'):
+    export.export(str(tmp_path / 'missing'), str(tmp_path / 'out'))
+  with pytest.raises(export.ExportError, match=r'step 7 .*available steps: \[3\]'):
+    export.export(roberta_export['workdir'], str(tmp_path / 'out'), step=7)
+
+
+def test_cli(roberta_export, tmp_path, capsys):
+  """`python -m muppet_jax.export`: --step selects the checkpoint; errors exit non-zero."""
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  out = tmp_path / 'cli'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'muppet_jax.export', '--workdir', roberta_export['workdir'],
+       '--out', str(out), '--step', '3'], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'RobertaForMultipleChoice' in proc.stdout
+  with open(out / 'model.safetensors', 'rb') as a, open(
+      os.path.join(roberta_export['out'], 'model.safetensors'), 'rb') as b:
+    assert a.read() == b.read()
+  # The error path of the same entry point, in-process (a second interpreter costs ~10 s).
+  with pytest.raises(SystemExit, match=r'error: no checkpoint for step 5 .*available steps'):
+    export.cli(roberta_export['workdir'], str(tmp_path / 'cli2'), step=5)
+
+
+# --- BART ------------------------------------------------------------------------------------
+
+
+def test_bart_backbone_loads_and_matches(bart_export):
+  run, out = bart_export['run'], bart_export['out']
+  _check_restored_params(bart_export['workdir'], run)
+  model = _load(transformers.AutoModel, out)
+  assert isinstance(model, transformers.BartModel)
+  _load(transformers.BartForConditionalGeneration, out)
+  task = run.data.task_names[0]
+  segments = [s[0] for s in _segments(_sub_batches(run, task)[0])]
+  batch = _unpacked(segments, run.data.vocab.pad_id, 'bart', 0)
+  ids = torch.tensor(batch['input_ids'], dtype=torch.long)
+  decoder_ids = transformers.models.bart.modeling_bart.shift_tokens_right(
+      ids, model.config.pad_token_id, model.config.decoder_start_token_id)
+  ours = run.model.backbone(batch['input_ids'], batch['segment_ids'] > 0,
+                            np.asarray(decoder_ids, np.int32))
+  with torch.no_grad():
+    theirs = model(input_ids=ids, attention_mask=_torch_inputs(batch)['attention_mask'],
+                   decoder_input_ids=decoder_ids).last_hidden_state.numpy()
+  mask = batch['segment_ids'] > 0
+  _assert_close('bart backbone decoder hidden', np.asarray(ours)[mask], theirs[mask])
+
+
+def test_bart_classification_heads(bart_export):
+  _check_classification(bart_export, transformers.BartForSequenceClassification,
+                        'BartForSequenceClassification')
+
+
+def test_bart_multiple_choice_head(bart_export):
+  """BART's documented form: a one-label BartForSequenceClassification scored per choice."""
+  run, report = bart_export['run'], bart_export['report']
+  task = next(n for n, f in zip(run.data.task_names, run.data.task_table.families)
+              if f == Family.MULTIPLE_CHOICE)
+  head = _head(report, export.CHOICE_HEAD_DIRNAME)
+  assert head.hf_class == 'BartForSequenceClassification' and head.num_labels == 1
+  hf_model = _load(transformers.BartForSequenceClassification, head.path)
+  _check_choice_tokenization(run, task, head.path)
+  ours, packed = _our_choice_scores(run, task)
+  for e, batch in enumerate(_hf_choice_inputs(run, task)):
+    n = batch['input_ids'].shape[0]
+    with torch.no_grad():
+      theirs = hf_model(**_torch_inputs(batch)).logits.numpy()[:, 0][None]  # [1, n]
+    _assert_close('BART multiple choice (BartForSequenceClassification)', ours[e:e + 1, :n],
+                  theirs)
+    _assert_close('BART multiple choice (packed)', packed[e:e + 1, :n], theirs)
+
+
+def test_bart_span_head(bart_export):
+  _check_span(bart_export, transformers.BartForQuestionAnswering, 'BartForQuestionAnswering')
+
+
+def test_bart_model_card(bart_export):
+  _check_card(bart_export)
+  with open(os.path.join(bart_export['out'], 'README.md')) as f:
+    card = f.read()
+  assert 'BartForMultipleChoice' in card  # Explains the documented multiple-choice form.
+  assert 'BartForConditionalGeneration' in card
