@@ -38,6 +38,9 @@ def get_config(variant: str = 'roberta'):
   c.data.shuffle_buffer = 1_000
   c.data.eval_examples = 300  # The whole demo validation split.
 
+  c.eval.max_length = 16  # Demo summaries are one short sentence.
+  c.eval.num_beams = 2
+
   c.train.steps = 400
   c.train.grad_accum = 4  # 4 slots per update on one CPU device: heterogeneous updates.
   c.train.log_every = 20

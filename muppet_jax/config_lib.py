@@ -85,6 +85,15 @@ def default() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.01  # Decoupled weight decay (not on biases and LayerNorm).
   c.optim.clip_norm = 0.0  # Global gradient-norm clipping (0 = off, fairseq's default).
 
+  # --- Evaluation: generation settings for summarization (ROUGE) ---------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_beams = 4  # Beam size (1 = greedy).
+  c.eval.max_length = 64  # Most decoder tokens, decoder-start token included (HF semantics).
+  c.eval.min_length = 0  # Fewest decoder tokens before </s> is allowed.
+  c.eval.length_penalty = 1.0  # Beam scores divided by length ** length_penalty.
+  c.eval.no_repeat_ngram_size = 3  # Never repeat an n-gram of this size (0 = off).
+  c.eval.early_stopping = True  # Stop a beam search once num_beams hypotheses are finished.
+
   # --- Fine-tuning (paper section 4; configs/finetune.py) ----------------------------------
   c.finetune = ml_collections.ConfigDict()
   # Pre-finetuned run to start from (its newest checkpoint): backbone, shared multiple-choice

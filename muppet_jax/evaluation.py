@@ -8,7 +8,8 @@ is laid out in the training sub-batch shapes, predicted by the compiled eval ste
   multiple choice    accuracy;
   span               SQuAD EM/F1 between the predicted and the gold answer text of each window
                      that contains the answer (window level: a cheap proxy during training);
-  summarization      teacher-forced loss per target token (ROUGE needs generation).
+  summarization      ROUGE-1/2/L/Lsum of beam-search summaries (`generate.py`, config.eval)
+                     against the reference summaries (as tokenized, up to decoder_length).
 Every process builds the same sub-batches and feeds its own devices' positions.
 """
 
@@ -25,6 +26,7 @@ from jax.experimental import multihost_utils
 from flax import nnx
 
 from muppet_jax import evaluate
+from muppet_jax import generate as generate_lib
 from muppet_jax import objective
 from muppet_jax import sharding
 from muppet_jax import step as step_lib
@@ -37,8 +39,13 @@ class Evaluator:
   """Evaluates every task of a run with one compiled eval step."""
 
   def __init__(self, *, graphdef: nnx.GraphDef, data, config: ml_collections.ConfigDict,
-               layout: sharding.MeshLayout, settings: objective.ObjectiveSettings):
+               layout: sharding.MeshLayout, settings: objective.ObjectiveSettings,
+               hf_config=None):
     self.data = data
+    self.graphdef = graphdef
+    self.generation = None
+    if data.task_table.has_family(Family.SUMMARIZATION):
+      self.generation = generate_lib.GenerationConfig.from_config(config.eval, hf_config)
     self.layout = layout
     self.max_examples = int(config.data.eval_examples)
     self.builder = batching.SubBatchBuilder(
@@ -85,6 +92,11 @@ class Evaluator:
       if not subs:
         logging.warning('task %s has no evaluation examples', name)
         continue
+      if tasks.record_for_task(name).family == Family.SUMMARIZATION:
+        model = nnx.merge(self.graphdef, params, rest)
+        results[name] = generate_lib.summarize_and_score(model, self.data.vocab, subs,
+                                                         self.generation)
+        continue
       preds = self._predict(params, rest, subs)
       results[name] = self._score(name, subs, preds)
     return results
@@ -116,8 +128,7 @@ class Evaluator:
       gold_text = self.data.vocab.decode_batch(gold_text)
       scores = evaluate.squad(predicted_text, [[g] for g in gold_text])
       return {**scores, 'windows': float(len(gold_text))}
-    losses = np.concatenate([p.loss[s['example_mask']] for s, p in zip(subs, preds)])
-    return {'loss': float(losses.mean()), 'examples': float(len(losses))}
+    raise ValueError(f'{name}: summarization is scored by generation, not here')
 
 
 def print_summary(metrics: dict[str, dict[str, Any]], step: int) -> None:

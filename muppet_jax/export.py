@@ -203,26 +203,14 @@ def hf_config_for(config: ml_collections.ConfigDict, data: train.DataSetup) -> h
   """The backbone's `transformers` config, as `train.build_model` derives it."""
   if config.model.init_from:
     hf_config = transformers.AutoConfig.from_pretrained(config.model.init_from)
-    if config.model.type == 'roberta':
-      hf_config.hidden_dropout_prob = config.model.dropout
-      hf_config.attention_probs_dropout_prob = config.model.attention_dropout
-    else:
-      hf_config.dropout = config.model.dropout
-      hf_config.attention_dropout = config.model.attention_dropout
+    for name, value in train.dropout_overrides(config).items():
+      setattr(hf_config, name, value)
     if hf_config.model_type != config.model.type:
       raise ExportError(f'model.init_from={config.model.init_from!r} is a '
                         f'{hf_config.model_type!r} checkpoint but model.type is '
                         f'{config.model.type!r}')
     return hf_config
-  return hf.config_from_shape(
-      config.model.type, hidden_size=config.model.hidden_size,
-      num_layers=config.model.num_layers, num_heads=config.model.num_heads,
-      intermediate_size=config.model.intermediate_size,
-      max_position_embeddings=config.model.max_position_embeddings,
-      vocab_size=config.model.vocab_size or data.vocab.vocab_size,
-      dropout=config.model.dropout, attention_dropout=config.model.attention_dropout,
-      pad_token_id=data.vocab.pad_id, bos_token_id=data.vocab.bos_id,
-      eos_token_id=data.vocab.eos_id)
+  return train.random_init_hf_config(config, data)
 
 
 @dataclasses.dataclass

@@ -123,7 +123,7 @@ class GenerationConfig:
       value = getattr(self, name)
       object.__setattr__(self, name, None if value is None else int(value))
     object.__setattr__(self, 'length_penalty', float(self.length_penalty))
-    if self.early_stopping not in ('never',):
+    if not isinstance(self.early_stopping, str) and self.early_stopping in (True, False):
       object.__setattr__(self, 'early_stopping', bool(self.early_stopping))
     if self.num_beams < 1:
       raise ValueError(f'num_beams must be >= 1, got {self.num_beams}.')

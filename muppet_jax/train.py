@@ -131,6 +131,28 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> str:
                    "(or data.tokenizer='demo' for the offline demo)")
 
 
+def dropout_overrides(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """The run's dropout rates as `transformers` config fields; they win over a checkpoint's."""
+  if config.model.type == 'roberta':
+    return {'hidden_dropout_prob': config.model.dropout,
+            'attention_probs_dropout_prob': config.model.attention_dropout}
+  return {'dropout': config.model.dropout, 'attention_dropout': config.model.attention_dropout}
+
+
+def random_init_hf_config(config: ml_collections.ConfigDict,
+                          data: DataSetup) -> transformers.PretrainedConfig:
+  """The backbone config of a random-init run: `config.model`'s shape, the tokenizer's ids."""
+  return hf.config_from_shape(
+      config.model.type, hidden_size=config.model.hidden_size,
+      num_layers=config.model.num_layers, num_heads=config.model.num_heads,
+      intermediate_size=config.model.intermediate_size,
+      max_position_embeddings=config.model.max_position_embeddings,
+      vocab_size=config.model.vocab_size or data.vocab.vocab_size,
+      dropout=config.model.dropout, attention_dropout=config.model.attention_dropout,
+      pad_token_id=data.vocab.pad_id, bos_token_id=data.vocab.bos_id,
+      eos_token_id=data.vocab.eos_id)
+
+
 def build_model(config: ml_collections.ConfigDict, data: DataSetup,
                 hf_config: transformers.PretrainedConfig | None = None
                 ) -> tuple[muppet.MuppetModel, transformers.PretrainedConfig]:
@@ -145,30 +167,16 @@ def build_model(config: ml_collections.ConfigDict, data: DataSetup,
   if hf_config is not None:
     backbone = None
   elif config.model.init_from:
-    # The run's dropout rates win over the checkpoint's (paper: 0.1, HF's defaults too).
-    if config.model.type == 'roberta':
-      overrides = {'hidden_dropout_prob': config.model.dropout,
-                   'attention_probs_dropout_prob': config.model.attention_dropout}
-    else:
-      overrides = {'dropout': config.model.dropout,
-                   'attention_dropout': config.model.attention_dropout}
     backbone, hf_config = hf.load(config.model.init_from, dtype=dtype, param_dtype=param_dtype,
-                                  remat=config.model.remat, rngs=rngs, overrides=overrides)
+                                  remat=config.model.remat, rngs=rngs,
+                                  overrides=dropout_overrides(config))
     if hf_config.model_type != config.model.type:
       raise ValueError(f'model.init_from={config.model.init_from!r} is a '
                        f'{hf_config.model_type!r} checkpoint but model.type is '
                        f'{config.model.type!r}')
   else:
     backbone = None
-    hf_config = hf.config_from_shape(
-        config.model.type, hidden_size=config.model.hidden_size,
-        num_layers=config.model.num_layers, num_heads=config.model.num_heads,
-        intermediate_size=config.model.intermediate_size,
-        max_position_embeddings=config.model.max_position_embeddings,
-        vocab_size=config.model.vocab_size or data.vocab.vocab_size,
-        dropout=config.model.dropout, attention_dropout=config.model.attention_dropout,
-        pad_token_id=data.vocab.pad_id, bos_token_id=data.vocab.bos_id,
-        eos_token_id=data.vocab.eos_id)
+    hf_config = random_init_hf_config(config, data)
   _check_fits(config, data, hf_config)
   model = muppet.build_model(config, hf_config, data.task_table, rngs=rngs, backbone=backbone)
   return model, hf_config
@@ -281,7 +289,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       out_shardings=(state_sharding, layout.replicated),
       donate_argnums=0)
   eval_runner = evaluation.Evaluator(graphdef=graphdef, data=data, config=config,
-                                     layout=layout, settings=settings)
+                                     layout=layout, settings=settings, hf_config=hf_config)
 
   # ----- 6. Train -----------------------------------------------------------------------------
   logger = metrics_log.MetricsLogger(workdir, total_steps=config.train.steps,
