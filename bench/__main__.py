@@ -55,7 +55,7 @@ def _sync(x):
   return jax.block_until_ready(x)
 
 
-def measure_peak(dtype: str, n: int, repeats: int = 3) -> dict:
+def measure_peak(dtype: str, n: int, repeats: int = 10) -> dict:
   """FLOP/s of an n x n x n matmul on the default device (best of `repeats`)."""
   dt = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
   a = jax.random.normal(jax.random.key(0), (n, n), dt)
