@@ -54,7 +54,7 @@ class RunResult:
 
   step: int  # Updates done.
   preempted: bool  # Stopped by SIGTERM after saving a checkpoint.
-  first_losses: list[float]  # Logged losses, in order (for quick checks in notebooks).
+  losses: list[float]  # The logged (window-averaged) losses, in order.
   eval_metrics: dict[str, dict[str, float]]  # Final held-out metrics per task.
 
 
@@ -329,6 +329,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
         logger.write(step, {'eval': eval_metrics})
 
   # ----- 7. Finish ----------------------------------------------------------------------------
+  pipeline.close()
   checkpointer.wait()
   if not preempted:
     eval_metrics = eval_runner.run(state.params, state.rest)
@@ -336,7 +337,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     evaluation.print_summary(eval_metrics, step)
   checkpointer.close()
   logger.close()
-  return RunResult(step=step, preempted=preempted, first_losses=losses,
+  return RunResult(step=step, preempted=preempted, losses=losses,
                    eval_metrics=eval_metrics)
 
 
@@ -355,18 +356,13 @@ def _global_pipeline_state(pipeline: pipeline_lib.InputPipeline) -> dict:
 
 
 def _state_sharding(layout: sharding.MeshLayout, state: step_lib.TrainState):
-  """Parameters (and their optimizer moments) from logical axes; everything else replicated."""
-  param_sharding = sharding.state_shardings(layout.mesh, state.params)
+  """Parameters from their logical axes; everything else replicated."""
   replicated = layout.replicated
-
-  def like_params(tree):
-    # Adam moments mirror the params tree; scalars (counts) are replicated.
-    return jax.tree.map(lambda _: replicated, tree)
-
+  # Optimizer moments are replicated for now (no ZeRO-style sharding over `data` yet).
   return step_lib.TrainState(
-      step=replicated, params=param_sharding,
+      step=replicated, params=sharding.state_shardings(layout.mesh, state.params),
       rest=jax.tree.map(lambda _: replicated, state.rest),
-      opt_state=like_params(state.opt_state), rng=replicated)
+      opt_state=jax.tree.map(lambda _: replicated, state.opt_state), rng=replicated)
 
 
 def _as_slots(local: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
