@@ -26,4 +26,5 @@ def get_config():
   c.train.r3f.enabled = True
   c.train.r3f.noise = 'normal'
   c.optim.learning_rate = 6e-5
+  c.optim.shard_moments = True  # ZeRO-1: each data replica keeps 1/D of the Adam moments.
   return config_lib.lock(c)

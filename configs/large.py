@@ -24,4 +24,5 @@ def get_config():
   c.data.rows = 8  # 8 x 512 tokens per device.
   c.data.length = 512
   c.optim.learning_rate = 3e-5
+  c.optim.shard_moments = True  # ZeRO-1: each data replica keeps 1/D of the Adam moments.
   return config_lib.lock(c)

@@ -84,9 +84,14 @@ def default() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8  # Adam epsilon.
   c.optim.weight_decay = 0.01  # Decoupled weight decay (not on biases and LayerNorm).
   c.optim.clip_norm = 0.0  # Global gradient-norm clipping (0 = off, fairseq's default).
+  c.optim.shard_moments = False  # ZeRO-1: split Adam moments over mesh.data (1/D memory each).
 
-  # --- Evaluation: generation settings for summarization (ROUGE) ---------------------------
+  # --- Evaluation: span decoding (SQuAD EM/F1) and generation for summarization (ROUGE) ----
   c.eval = ml_collections.ConfigDict()
+  # Longest predicted answer span, in tokens. Without a cap the best start + end score is
+  # often a long span around the answer; 30 is the SQuAD evaluation convention (BERT's and
+  # Hugging Face's run_qa max_answer_length), and gold answers are rarely longer.
+  c.eval.max_answer_length = 30
   c.eval.num_beams = 4  # Beam size (1 = greedy).
   c.eval.max_length = 64  # Most decoder tokens, decoder-start token included (HF semantics).
   c.eval.min_length = 0  # Fewest decoder tokens before </s> is allowed.

@@ -34,7 +34,8 @@ sub-batch) is not decoded: it returns `[decoder_start, pad, pad, ...]` and does 
 loop running.
 
 `summarize_and_score(model, vocab, sub_batches, generation_config)` runs this over summarization
-sub-batches (docs/ARCHITECTURE.md section 2) and returns `evaluate.rouge` scores.
+sub-batches (docs/ARCHITECTURE.md section 2) of an evaluation builder and returns
+`evaluate.rouge` scores against the raw reference summaries the sub-batches carry.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import functools
 import json
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +54,9 @@ from flax import nnx
 
 from muppet_jax import evaluate
 from muppet_jax.models import bart
+
+if TYPE_CHECKING:  # Annotations only: batching pulls in seqio/TensorFlow, generation needs neither.
+  from muppet_jax.data import batching
 
 Array = jax.Array
 
@@ -483,20 +487,25 @@ def generate(model: bart.BartModel, input_ids: Any, attention_mask: Any | None,
 # ---------------------------------------------------------------------------------------------
 
 
-def summarize_and_score(model: Any, vocab: Any, sub_batches: Iterable[Mapping[str, Any]],
+def summarize_and_score(model: Any, vocab: Any, sub_batches: Iterable[batching.SubBatch],
                         generation_config: GenerationConfig, *,
                         rouge_kwargs: Mapping[str, Any] | None = None,
                         predictions: list[str] | None = None) -> dict[str, float]:
   """Generates summaries for summarization sub-batches and scores them with ROUGE.
 
+  The references are the examples' raw summaries (`SubBatch.meta[e].reference`), as
+  `rouge-score` expects them: not the decoder targets decoded back, which are cut at
+  `data.decoder_length` tokens and would score a longer, correct summary as wrong.
+
   Args:
     model: the BART backbone (or a `MuppetModel` around it), float32 or bf16.
     vocab: has `decode_batch(ids) -> list[str]` skipping special tokens (`HFVocabulary`).
-    sub_batches: sub-batch dicts (docs/ARCHITECTURE.md section 2), summarization layout: example
-      e is row e; uses `input_ids` `[R, L]`, `segment_ids` `[R, L]` (attention mask =
-      `segment_ids > 0`), `decoder_target_ids` / `decoder_mask` `[R, Ld]` (the reference) and
-      `example_mask` `[E >= R]`. Rows that are not examples are not decoded. Every sub-batch
-      of a run has the same shape, so this compiles once.
+    sub_batches: `SubBatch`es of an evaluation builder (`SubBatchBuilder(...,
+      evaluation=True)`), summarization layout (docs/ARCHITECTURE.md section 2): example e is
+      row e; uses `input_ids` `[R, L]`, `segment_ids` `[R, L]` (attention mask =
+      `segment_ids > 0`), `example_mask` `[E >= R]` and `meta` (the references). Rows that
+      are not examples are not decoded. Every sub-batch of a run has the same shape, so
+      this compiles once.
     generation_config: the decoding settings (`GenerationConfig.from_config(config.eval, ...)`).
     rouge_kwargs: options for `evaluate.rouge`.
     predictions: if given, the generated summaries are appended to it (for logging).
@@ -504,22 +513,26 @@ def summarize_and_score(model: Any, vocab: Any, sub_batches: Iterable[Mapping[st
   Returns:
     `evaluate.rouge` scores (rouge1, rouge2, rougeL, rougeLsum fractions) plus `examples`.
     With no example at all: `{'examples': 0.0}`.
+
+  Raises:
+    ValueError: a sub-batch without metadata (built by a training builder).
   """
   model = _backbone(model)
   summaries, references = [], []
   for sub in sub_batches:
-    input_ids = np.asarray(sub['input_ids'])
+    if sub.meta is None:
+      raise ValueError('summarize_and_score needs the raw reference summaries: build the '
+                       'sub-batches with SubBatchBuilder(..., evaluation=True)')
+    input_ids = np.asarray(sub.arrays['input_ids'])
     rows = input_ids.shape[0]
-    examples = np.asarray(sub['example_mask'], bool).reshape(-1)[:rows]
+    examples = np.asarray(sub.arrays['example_mask'], bool).reshape(-1)[:rows]
     if not examples.any():
       continue
-    mask = (np.asarray(sub['segment_ids']) > 0) & examples[:, None]
+    mask = (np.asarray(sub.arrays['segment_ids']) > 0) & examples[:, None]
     generated = np.asarray(generate(model, input_ids, mask, generation_config))
-    targets = np.asarray(sub['decoder_target_ids'])
-    target_mask = np.asarray(sub['decoder_mask'], bool)
     picked = np.flatnonzero(examples)
     summaries.extend(vocab.decode_batch([generated[r] for r in picked]))
-    references.extend(vocab.decode_batch([targets[r][target_mask[r]] for r in picked]))
+    references.extend(sub.meta[r].reference for r in picked)
   if predictions is not None:
     predictions.extend(summaries)
   if not summaries:

@@ -69,7 +69,8 @@ class ObjectiveSettings:
   # Vocabulary size of the LM head; summarization logits beyond it (a padded embedding table)
   # are dropped. 0 = all logits.
   vocab_size: int = 0
-  # Longest answer (tokens) `slot_predictions` considers for span tasks (HF's default 30).
+  # Longest answer (tokens) `slot_predictions` considers for span tasks
+  # (eval.max_answer_length; the SQuAD convention, HF run_qa's default 30).
   max_answer_length: int = 30
 
   def __post_init__(self):
@@ -83,12 +84,14 @@ class ObjectiveSettings:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict,
                   vocab_size: int = 0) -> 'ObjectiveSettings':
-    """Settings from the experiment config (`model.type`, `train.*`)."""
+    """Settings from the experiment config (`model.type`, `train.*`,
+    `eval.max_answer_length`)."""
     t = config.train
     return cls(model_type=config.model.type, loss_scaling=bool(t.loss_scaling),
                label_smoothing=float(t.label_smoothing), r3f=bool(t.r3f.enabled),
                r3f_lambda=float(t.r3f.lambda_), r3f_eps=float(t.r3f.eps),
-               r3f_noise=str(t.r3f.noise), vocab_size=int(vocab_size))
+               r3f_noise=str(t.r3f.noise), vocab_size=int(vocab_size),
+               max_answer_length=int(config.eval.max_answer_length))
 
 
 @flax.struct.dataclass
@@ -108,8 +111,14 @@ class SlotPredictions:
   """Per-example predictions of one slot (dropout off, no R3F); `[E]` each."""
 
   label: jax.Array  # int32 argmax class / choice (0 for span and summarization).
-  span_start: jax.Array  # int32 best span's first token within row e (span tasks; else 0).
-  span_end: jax.Array  # int32 best span's last token (start <= end < start + max length).
+  # Span tasks (else 0): the row's best answer span among its context tokens (the `<s>` "not
+  # in this window" position is no candidate), start <= end < start + max_answer_length...
+  span_start: jax.Array  # int32 its first token within row e.
+  span_end: jax.Array  # int32 its last token.
+  # ...and its score, start logit + end logit (float32; -inf for a row without context
+  # tokens). Rows of one question are compared by it on the host (SQuAD-style best span over
+  # all windows), so only three numbers per row come back, not [R, L] logits.
+  span_score: jax.Array
   loss: jax.Array  # float32 unscaled task loss of the example.
 
 
@@ -123,6 +132,9 @@ class _FamilyResult:
   label: jax.Array  # int32
   span_start: jax.Array  # int32
   span_end: jax.Array  # int32
+  # float32 score of the predicted span, set by the span branch when predicting; None in
+  # training (`_uniform_types` fills zeros for the other branches' predictions).
+  span_score: jax.Array | None = None
 
 
 def _pad_rows(x: jax.Array, num_examples: int) -> jax.Array:
@@ -199,17 +211,26 @@ def _multiple_choice(model: MuppetModel, batch: Batch, noise_key: jax.Array,
                        label=label, span_start=zeros, span_end=zeros)
 
 
+@flax.struct.dataclass
+class BestSpans:
+  """The best span of each row, `[R]` each."""
+
+  start: jax.Array  # int32 first token.
+  end: jax.Array  # int32 last token.
+  score: jax.Array  # float32 start logit + end logit; -inf where the row has no candidate.
+
+
 def best_spans(start_logits: jax.Array, end_logits: jax.Array, position_mask: jax.Array,
-               max_answer_length: int) -> tuple[jax.Array, jax.Array]:
+               max_answer_length: int) -> BestSpans:
   """Highest start + end score with start <= end < start + max_answer_length, per row.
 
   Args:
     start_logits, end_logits: `[R, L]`.
-    position_mask: `[R, L]` bool candidate positions.
+    position_mask: `[R, L]` bool candidate positions (start and end both among them).
     max_answer_length: longest span in tokens.
 
   Returns:
-    (start `[R]`, end `[R]`) int32.
+    `BestSpans` (start 0, end 0, score -inf for a row without candidates).
   """
   length = start_logits.shape[-1]
   scores = (start_logits.astype(jnp.float32)[:, :, None] +
@@ -217,8 +238,11 @@ def best_spans(start_logits: jax.Array, end_logits: jax.Array, position_mask: ja
   offset = jnp.arange(length)[None, :] - jnp.arange(length)[:, None]  # end - start
   valid = ((offset >= 0) & (offset < max_answer_length))[None]
   valid = valid & position_mask[:, :, None] & position_mask[:, None, :]
-  best = jnp.argmax(jnp.where(valid, scores, -jnp.inf).reshape(scores.shape[0], -1), axis=-1)
-  return (best // length).astype(jnp.int32), (best % length).astype(jnp.int32)
+  flat = jnp.where(valid, scores, -jnp.inf).reshape(scores.shape[0], -1)
+  best = jnp.argmax(flat, axis=-1)
+  return BestSpans(start=(best // length).astype(jnp.int32),
+                   end=(best % length).astype(jnp.int32),
+                   score=jnp.take_along_axis(flat, best[:, None], axis=-1)[:, 0])
 
 
 def _span(model: MuppetModel, batch: Batch, noise_key: jax.Array, settings: ObjectiveSettings,
@@ -228,9 +252,15 @@ def _span(model: MuppetModel, batch: Batch, noise_key: jax.Array, settings: Obje
   num_examples = batch['example_mask'].shape[0]
   start, end = batch['span_start'][:rows], batch['span_end'][:rows]
   loss = losses.span_loss(out.start_logits, out.end_logits, start, end, out.position_mask)
+  pad = lambda x: _pad_rows(x, num_examples)
+  span_score = None
   if predict:
-    pred_start, pred_end = best_spans(out.start_logits, out.end_logits, out.position_mask,
-                                      settings.max_answer_length)
+    # SQuAD v1.1-style: every question has an answer, so the `<s>` at column 0 ("not in this
+    # window", a training target) is no candidate; the host keeps each question's best row.
+    context_mask = out.position_mask.at[:, 0].set(False)
+    best = best_spans(out.start_logits, out.end_logits, context_mask,
+                      settings.max_answer_length)
+    pred_start, pred_end, span_score = best.start, best.end, pad(best.score)
   else:  # Training accuracy: independent argmaxes (cheap; no [R, L, L] score matrix).
     pred_start = jnp.argmax(out.start_logits, axis=-1).astype(jnp.int32)
     pred_end = jnp.argmax(out.end_logits, axis=-1).astype(jnp.int32)
@@ -242,10 +272,9 @@ def _span(model: MuppetModel, batch: Batch, noise_key: jax.Array, settings: Obje
     sym_kl = (losses.symmetric_kl(out.start_logits, noised.start_logits, out.position_mask) +
               losses.symmetric_kl(out.end_logits, noised.end_logits, out.position_mask))
   correct = ((pred_start == start) & (pred_end == end)).astype(jnp.float32)
-  pad = lambda x: _pad_rows(x, num_examples)
   return _FamilyResult(loss=pad(loss), sym_kl=pad(sym_kl), correct=pad(correct),
                        label=jnp.zeros_like(batch['labels']), span_start=pad(pred_start),
-                       span_end=pad(pred_end))
+                       span_end=pad(pred_end), span_score=span_score)
 
 
 def _summarization(model: MuppetModel, batch: Batch, noise_key: jax.Array,
@@ -327,15 +356,18 @@ def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: T
       return fn(m, batch, noise_key, settings, deterministic, r3f, predict)
     return branch
 
-  branches = [_uniform_types(make_branch(fn)) for fn in fns]
+  branches = [_uniform_types(make_branch(fn), predict) for fn in fns]
   if len(branches) == 1:
     return branches[0](state, batch)
   index = jnp.asarray(branch_of_family)[jnp.clip(batch['family_id'], 0, len(Family) - 1)]
   return jax.lax.switch(index, branches, state, batch)
 
 
-def _uniform_types(branch):
+def _uniform_types(branch, predict: bool):
   """Makes a branch's result types identical across branches (lax.switch requires it).
+
+  `span_score` is an array (zeros outside the span branch) when predicting, and None in
+  training, whose program thus carries no prediction-only output.
 
   dtypes: float32/int32 (float64 under jax_enable_x64), whatever the model's compute dtype.
   Inside shard_map: every leaf is made device-varying over the axes the batch varies over, so
@@ -348,12 +380,17 @@ def _uniform_types(branch):
     # x + 0 * (a batch value) carries the batch's device-varying type (the rewrite is free).
     zero_f = batch['loss_n'][0].astype(float_dtype) * 0
     zero_i = batch['labels'][0].astype(jnp.int32) * 0
+    span_score = None
+    if predict:
+      span_score = jnp.zeros_like(r.loss) if r.span_score is None else r.span_score
+      span_score = span_score.astype(float_dtype) + zero_f
     return _FamilyResult(
         loss=r.loss.astype(float_dtype) + zero_f, sym_kl=r.sym_kl.astype(float_dtype) + zero_f,
         correct=r.correct.astype(float_dtype) + zero_f,
         label=r.label.astype(jnp.int32) + zero_i,
         span_start=r.span_start.astype(jnp.int32) + zero_i,
-        span_end=r.span_end.astype(jnp.int32) + zero_i)
+        span_end=r.span_end.astype(jnp.int32) + zero_i,
+        span_score=span_score)
   return wrapped
 
 
@@ -403,4 +440,5 @@ def slot_predictions(model: MuppetModel, batch: Batch, *, task_table: TaskTable,
   result = _dispatch(model, batch, jax.random.key(0), task_table=task_table, settings=settings,
                      deterministic=True, r3f=False, predict=True)
   return SlotPredictions(label=result.label, span_start=result.span_start,
-                         span_end=result.span_end, loss=result.loss)
+                         span_end=result.span_end, span_score=result.span_score,
+                         loss=result.loss)

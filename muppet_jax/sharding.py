@@ -13,6 +13,7 @@ import os
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -133,6 +134,39 @@ def state_shardings(mesh: Mesh, state: nnx.State,
     return variable.replace(NamedSharding(mesh, spec))
 
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def shard_over_data(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+  """`sharding` with the mesh's `data` axis added on one more dimension (ZeRO-1 style).
+
+  The largest dimension that is not sharded yet and that `data` divides takes it (so the
+  embedding table's vocabulary rows, a kernel's longer side); when none qualifies (scalars, a
+  2-class head's bias, sizes `data` does not divide) the sharding is returned unchanged.
+  """
+  mesh = sharding.mesh
+  data = mesh.shape[DATA]
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  if data == 1 or DATA in jax.tree.leaves(spec):
+    return sharding
+  free = [i for i, n in enumerate(shape) if spec[i] is None and n % data == 0]
+  if not free:
+    return sharding
+  spec[max(free, key=lambda i: shape[i])] = DATA
+  return NamedSharding(mesh, P(*spec))
+
+
+def optimizer_state_shardings(tx, opt_state, param_shardings, replicated: NamedSharding, *,
+                              shard_moments: bool):
+  """Shardings for `tx`'s state: per-parameter leaves (Adam's moments) follow their
+  parameter's sharding, additionally split over `data` when `shard_moments` (ZeRO-1: each data
+  replica keeps and updates 1/D of the moments; XLA all-gathers the updates); the rest (step
+  counters) is replicated. `param_shardings` is `state_shardings(...)` of the parameters."""
+
+  def moment(leaf, param_sharding):
+    return shard_over_data(param_sharding, leaf.shape) if shard_moments else param_sharding
+
+  return optax.tree_map_params(tx, moment, opt_state, param_shardings,
+                               transform_non_params=lambda _: replicated)
 
 
 def put_global(tree, shardings):

@@ -266,7 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   state = step_lib.TrainState(
       step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
       rng=jax.random.key_data(jax.random.key(config.seed + 2)))
-  state_sharding = _state_sharding(layout, state)
+  state_sharding = _state_sharding(layout, state, tx, bool(config.optim.shard_moments))
   state = sharding.put_global(state, state_sharding)
 
   # ----- 4. Restore ---------------------------------------------------------------------------
@@ -355,14 +355,18 @@ def _global_pipeline_state(pipeline: pipeline_lib.InputPipeline) -> dict:
   return pipeline_lib.merge_states(states)
 
 
-def _state_sharding(layout: sharding.MeshLayout, state: step_lib.TrainState):
-  """Parameters from their logical axes; everything else replicated."""
+def _state_sharding(layout: sharding.MeshLayout, state: step_lib.TrainState, tx,
+                    shard_moments: bool):
+  """Parameters from their logical axes; the optimizer's moments like their parameters (and
+  over `data` too with `optim.shard_moments`); everything else replicated."""
   replicated = layout.replicated
-  # Optimizer moments are replicated for now (no ZeRO-style sharding over `data` yet).
+  params = sharding.state_shardings(layout.mesh, state.params)
   return step_lib.TrainState(
-      step=replicated, params=sharding.state_shardings(layout.mesh, state.params),
+      step=replicated, params=params,
       rest=jax.tree.map(lambda _: replicated, state.rest),
-      opt_state=jax.tree.map(lambda _: replicated, state.opt_state), rng=replicated)
+      opt_state=sharding.optimizer_state_shardings(tx, state.opt_state, params, replicated,
+                                                   shard_moments=shard_moments),
+      rng=replicated)
 
 
 def _as_slots(local: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:

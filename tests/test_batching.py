@@ -344,3 +344,62 @@ def test_span_keeps_the_answer_window_when_windows_exceed_rows(vocab, table):
   r = hits[0]
   answer = a['input_ids'][r, a['span_start'][r]:a['span_end'][r] + 1]
   assert vocab.tokenizer.decode(answer).strip() == 'rome'
+
+
+# --- Evaluation metadata -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('model_type', ['roberta', 'bart'])
+def test_evaluation_builder_same_arrays_plus_aligned_metadata(vocab, table, model_type):
+  """The device arrays of an evaluation builder are the training builder's (one compiled
+  program); `meta` has one entry per example slot, exactly where `example_mask` is set."""
+  shape = _shape(length=64, max_examples=40)
+  kw = dict(model_type=model_type, span_stride=16)
+  training = batching.SubBatchBuilder(shape, vocab, table, **kw)
+  evaluation = batching.SubBatchBuilder(shape, vocab, table, evaluation=True, **kw)
+  for record in demo.RECORDS:
+    if record.family == Family.SUMMARIZATION and model_type == 'roberta':
+      continue
+    examples = _examples(record.slug, 60, split='validation')
+    train_subs = _all_sub_batches(training, record.slug, examples)
+    eval_subs = _all_sub_batches(evaluation, record.slug, examples)
+    assert len(train_subs) == len(eval_subs) > 1
+    seen = []
+    for t, e in zip(train_subs, eval_subs):
+      assert t.meta is None
+      assert set(t.arrays) == set(e.arrays)
+      for name in t.arrays:
+        np.testing.assert_array_equal(t.arrays[name], e.arrays[name], err_msg=name)
+      assert len(e.meta) == shape.max_examples
+      assert [m is not None for m in e.meta] == e.arrays['example_mask'].tolist()
+      for slot in np.flatnonzero(e.arrays['example_mask']):
+        meta = e.meta[slot]
+        example = examples[meta.index]
+        if record.family == Family.SPAN:
+          assert meta.context == example['context']
+          assert meta.answers == tuple(example['answers'])
+          assert meta.window.context_begin <= meta.window.context_end
+        elif record.family == Family.SUMMARIZATION:
+          assert meta.reference == example['summary']  # Raw, not cut at decoder_length.
+        seen.append(meta.index)
+    # Every example once, in stream order (span: once per window, windows adjacent).
+    assert sorted(set(seen)) == list(range(len(examples)))
+    assert seen == sorted(seen)
+
+
+def test_span_text_cuts_the_original_context(vocab, table):
+  shape = _shape(rows=4, length=32, max_examples=4)
+  builder = batching.SubBatchBuilder(shape, vocab, table, span_stride=4, evaluation=True)
+  context = 'rosa lives in  (Old  Town) , near the river .'
+  start = context.index('Old')
+  ex = {'context': context, 'question': 'where ?', 'answer_start': start,
+        'answer_end': start + len('Old  Town'), 'answers': ['Old Town']}
+  sub = builder.build(builder.stream('muppet_demo_span', iter([ex])))
+  a, meta = sub.arrays, sub.meta[0]
+  # The gold columns map back to exactly the gold characters (double space kept, brackets
+  # and the spaces before them not included).
+  assert meta.span_text(int(a['span_start'][0]), int(a['span_end'][0])) == 'Old  Town'
+  w = meta.window
+  assert meta.span_text(w.context_begin, w.context_end - 1) == context
+  with pytest.raises(ValueError, match='not inside'):
+    meta.span_text(0, int(a['span_end'][0]))

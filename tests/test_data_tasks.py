@@ -58,8 +58,10 @@ MOCK_EXAMPLES = 3
 
 def _assert_family_example(example: dict[str, Any], record: catalogue.DatasetRecord) -> None:
   """Exactly the family's keys, python types, labels and spans in range."""
-  expected = set(tasks.FAMILY_SIGNATURES[record.family])
+  expected = set(tasks.example_signature(record))
   assert set(example) == expected, (record.slug, example)
+  if tasks.GROUP_FIELD in expected:
+    assert isinstance(example[tasks.GROUP_FIELD], str) and example[tasks.GROUP_FIELD]
   if record.family == Family.CLASSIFICATION:
     assert isinstance(example['text_a'], str) and isinstance(example['text_b'], str)
     assert isinstance(example['label'], int) and 0 <= example['label'] < record.num_classes
@@ -427,10 +429,14 @@ def test_malformed_mapper_output_fails_loudly():
   record = catalogue.get('rte')
   check = tasks._check_family_example  # pylint: disable=protected-access
   with pytest.raises(ValueError, match='label 5 not in'):
-    check({'text_a': 'a', 'text_b': 'b', 'label': 5}, record.family, record.num_classes,
-          record.task_name)
+    check({'text_a': 'a', 'text_b': 'b', 'label': 5}, record)
   with pytest.raises(ValueError, match='lacks'):
-    check({'text_a': 'a'}, record.family, record.num_classes, record.task_name)
+    check({'text_a': 'a'}, record)
+  # MultiRC's examples must carry their question group; other tasks drop unknown fields.
+  with pytest.raises(ValueError, match='lacks'):
+    check({'text_a': 'a', 'text_b': 'b', 'label': 1}, catalogue.get('multirc'))
+  assert check({'text_a': 'a', 'text_b': 'b', 'label': 1, 'group': '0:1'}, record) == {
+      'text_a': 'a', 'text_b': 'b', 'label': 1}
 
 
 def test_hf_builders_work_under_mock_data():
@@ -494,4 +500,4 @@ def test_demo_tasks_yield_their_examples(record):
     for example in examples[:50]:
       _assert_family_example(example, record)
     reference = demo.examples(record.slug, split)[0]
-    assert examples[0] == {k: reference[k] for k in tasks.FAMILY_SIGNATURES[record.family]}
+    assert examples[0] == {k: reference[k] for k in tasks.example_signature(record)}

@@ -20,7 +20,9 @@ import torch
 import transformers
 from flax import nnx
 
+from muppet_jax import evaluate
 from muppet_jax import generate as gen
+from muppet_jax.data import batching
 from muppet_jax.models import hf
 
 PAD, BOS, EOS = 1, 0, 2
@@ -222,22 +224,45 @@ class _FakeVocab:
     return [' '.join(f'w{int(i)}' for i in row if int(i) not in (BOS, PAD, EOS)) for row in ids]
 
 
-def test_summarize_and_score(bart_pair, references):
+def test_summarize_and_score_uses_the_raw_references(bart_pair, references):
   name = 'beam4_lp2_ngram3_min5_early'
   config = gen.GenerationConfig.from_hf(bart_pair['config'], max_length=MAX_LENGTH,
                                         **SETTINGS[name])
   expected = references[name]
+  generated = _FakeVocab().decode_batch(expected[:2])
+  # min_length=5 (decoder start included): at least 4 tokens, long enough to cut.
+  assert all(len(g.split()) >= 4 for g in generated)
+  # What a decoder_length of 3 keeps of each reference: 2 tokens and </s>.
   targets = np.full((3, 6), PAD, np.int32)
-  targets[0, :4] = expected[0, 1:5]  # A partly right reference...
-  targets[0, 4] = EOS
-  targets[1, :3] = [40, 41, EOS]  # ...and a wrong one; row 2 is not an example.
-  sub = dict(input_ids=IDS.astype(np.int32), segment_ids=MASK.astype(np.int32),
-             decoder_target_ids=targets, decoder_mask=targets != PAD,
-             example_mask=np.array([True, True, False, False]))
+  targets[:2, :2] = expected[:2, 1:3]
+  targets[:2, 2] = EOS
+  raw = [_FakeVocab().decode_batch([row[row != PAD]])[0] for row in expected[:2]]
+  # Row 0's raw reference is the generated summary itself (ROUGE 1 for every type); row 1's
+  # drops its last word: n - 1 of the n generated unigrams match, so rouge1 = LCS-based rougeL
+  # = rougeLsum = 2 (n-1)/n * 1 / ((n-1)/n + 1) = 2 (n - 1) / (2n - 1); rouge2 likewise with
+  # n - 1 bigrams of which n - 2 match.
+  raw[1] = ' '.join(raw[1].split()[:-1])
+  meta = (batching.ExampleMeta(index=0, reference=raw[0]),
+          batching.ExampleMeta(index=1, reference=raw[1]), None, None)
+  arrays = dict(input_ids=IDS.astype(np.int32), segment_ids=MASK.astype(np.int32),
+                decoder_target_ids=targets, decoder_mask=targets != PAD,
+                example_mask=np.array([True, True, False, False]))
+  sub = batching.SubBatch(arrays, num_examples=2, num_tokens=int(MASK.sum()), meta=meta)
   predictions = []
   scores = gen.summarize_and_score(bart_pair['model'], _FakeVocab(), [sub], config,
                                    predictions=predictions)
-  assert predictions == _FakeVocab().decode_batch(expected[:2])
-  assert scores['examples'] == 2.0
+  assert predictions == generated  # Row 2 is not an example and is not decoded.
   assert set(scores) == {'rouge1', 'rouge2', 'rougeL', 'rougeLsum', 'examples'}
-  assert 0.0 < scores['rouge1'] < 1.0
+  assert scores['examples'] == 2.0
+  n = len(generated[1].split())
+  unigram = 2 * (n - 1) / (2 * n - 1)
+  bigram = 2 * (n - 2) / (2 * n - 3)
+  for key, row1 in (('rouge1', unigram), ('rouge2', bigram), ('rougeL', unigram),
+                    ('rougeLsum', unigram)):
+    np.testing.assert_allclose(scores[key], (1.0 + row1) / 2, rtol=1e-9, err_msg=key)
+  # The truncated targets decoded back (the old references) would score far lower.
+  truncated = evaluate.rouge(generated, _FakeVocab().decode_batch(targets[:2]))
+  assert truncated['rouge1'] < scores['rouge1'] - 0.2
+  with pytest.raises(ValueError, match='evaluation=True'):
+    gen.summarize_and_score(bart_pair['model'], _FakeVocab(),
+                            [batching.SubBatch(arrays, 2, int(MASK.sum()))], config)

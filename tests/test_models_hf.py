@@ -521,3 +521,29 @@ def test_attention_mask_shapes():
   np.testing.assert_array_equal(mask[0, 0], [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0],
                                              [0, 0, 0, 0]])
   assert attention.make_attention_mask(query_length=3, key_length=3) is None
+
+
+def test_attention_dropout_path_matches_a_numpy_reference():
+  """The explicit (training) path: masked softmax, dropout on the probabilities, values."""
+  from muppet_jax.models import dropout as dropout_lib  # pylint: disable=import-outside-toplevel
+  b, t, s, n, h = 2, 5, 6, 3, 4
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(b, length, n, h)).astype(np.float32) for length in (t, s, s))
+  key_mask = np.ones((b, s), bool)
+  key_mask[0, 4:] = False
+  key_mask[1, :] = False  # Every key masked: a uniform softmax, as the fused path gives.
+  mask = attention.make_attention_mask(query_length=t, key_length=s,
+                                       key_mask=jnp.asarray(key_mask))
+  layer = dropout_lib.Dropout(0.25, rngs=nnx.Rngs(dropout=5))
+  twin = dropout_lib.Dropout(0.25, rngs=nnx.Rngs(dropout=5))  # Same stream: same mask.
+  got = attention.dot_product_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask,
+                                        dropout=layer, deterministic=False)
+  kept = np.asarray(twin(jnp.ones((b, n, t, s)), deterministic=False))  # 0 or 1 / (1 - p)
+
+  logits = np.einsum('btnh,bsnh->bnts', q, k) / np.sqrt(h)
+  logits = np.where(key_mask[:, None, None, :], logits, -1e30)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  want = np.einsum('bnts,bsnh->btnh', probs * kept, v)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  assert 0 < np.mean(kept == 0) < 0.6  # The mask did drop something.

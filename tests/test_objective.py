@@ -207,9 +207,15 @@ def test_span_slot_loss_scales_by_candidate_positions():
   np.testing.assert_allclose(float(loss), np.mean(want), rtol=1e-5)
   # Predictions: the best valid span.
   preds = objective.slot_predictions(model, _jnp(b), task_table=TABLE, settings=_settings(config))
+  starts, ends = np.asarray(out.start_logits, np.float64), np.asarray(out.end_logits, np.float64)
   for r in range(2):
     s, e = int(preds.span_start[r]), int(preds.span_end[r])
-    assert b['span_mask'][r, s] and b['span_mask'][r, e] and s <= e
+    # A context span: the `<s>` at 0 ("not in this window") is a training target only.
+    assert b['span_mask'][r, s] and b['span_mask'][r, e] and 0 < s <= e
+    cols = [c for c in np.flatnonzero(b['span_mask'][r]) if c > 0]
+    best = max((starts[r, i] + ends[r, j], i, j) for i in cols for j in cols if i <= j < i + 30)
+    assert (s, e) == best[1:]
+    np.testing.assert_allclose(float(preds.span_score[r]), best[0], rtol=1e-5)
 
 
 def test_summarization_slot_loss_label_smoothing_and_vocab_scaling():

@@ -84,10 +84,6 @@ _CLASSIFICATION_CASES = [
     # TFDS Yelp ClassLabel names are '1'/'2': index 0 is negative already.
     ('yelp_polarity', {'label': 0, 'text': 'Cold food, rude staff.'},
      ('Cold food, rude staff.', '', 0)),
-    ('eraser_multi_rc', {'passage': 'Tom went home.\nHe slept.', 'label': 1,
-                         'query_and_answer': 'What did Tom do? || He slept',
-                         'evidences': ['He slept.']},
-     ('Tom went home.\nHe slept.', 'What did Tom do? || He slept', 1)),
     ('wiki_qa', {'question_id': 'Q1', 'question': 'how are glacier caves formed?',
                  'document_title': 'Glacier cave',
                  'answer': 'A glacier cave is a cave formed within the ice of a glacier.',
@@ -122,12 +118,32 @@ def test_numpy_scalar_labels_are_accepted():
   assert type(out[0]['label']) is int
 
 
-def test_multirc_strips_markup():
+def test_multirc_strips_markup_and_groups_by_question():
   raw = {'paragraph': '<b>Sent 1: </b>Tom has a dog.<br><b>Sent 2: </b>It is brown.<br>',
          'question': 'What colour is the dog?', 'answer': 'Brown', 'label': 1,
-         'idx': {'paragraph': 0, 'question': 0, 'answer': 2}}
+         'idx': {'paragraph': 3, 'question': 7, 'answer': 2}}
   assert _map('multirc', raw) == [{'text_a': 'Tom has a dog. It is brown.',
-                                   'text_b': 'What colour is the dog? Brown', 'label': 1}]
+                                   'text_b': 'What colour is the dog? Brown', 'label': 1,
+                                   'group': '3:7'}]
+  # Another answer option of the same question shares the group; another question does not.
+  other = dict(raw, answer='Black', label=0, idx={'paragraph': 3, 'question': 7, 'answer': 3})
+  assert _map('multirc', other)[0]['group'] == '3:7'
+  other['idx'] = {'paragraph': 3, 'question': 8, 'answer': 0}
+  assert _map('multirc', other)[0]['group'] == '3:8'
+  _bad('multirc', {k: v for k, v in raw.items() if k != 'idx'}, 'missing field idx')
+
+
+def test_eraser_multi_rc_groups_by_passage_and_question():
+  raw = {'passage': 'Tom went home.\nHe slept.', 'label': 1,
+         'query_and_answer': 'What did Tom do? || He slept', 'evidences': ['He slept.']}
+  digest = hashlib.sha1(raw['passage'].encode('utf-8')).hexdigest()[:16]
+  assert _map('eraser_multi_rc', raw) == [{
+      'text_a': 'Tom went home.\nHe slept.', 'text_b': 'What did Tom do? || He slept',
+      'label': 1, 'group': f'{digest}:What did Tom do?'}]
+  same_question = dict(raw, query_and_answer='What did Tom do? || He ran', label=0)
+  assert _map('eraser_multi_rc', same_question)[0]['group'] == f'{digest}:What did Tom do?'
+  other_passage = dict(raw, passage='Ann went home.')
+  assert _map('eraser_multi_rc', other_passage)[0]['group'] != f'{digest}:What did Tom do?'
 
 
 def test_wic():

@@ -3,6 +3,7 @@ slots of an update are spread over devices, accumulation steps and processes."""
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -181,6 +182,25 @@ def test_devices_times_accumulation_invariance(tmp_path):
     params[(devices, accum)] = _final_params(workdir, 3)
   _assert_trees_close(params[(2, 2)], params[(4, 1)], 1e-5)
   _assert_trees_close(params[(1, 4)], params[(4, 1)], 1e-5)
+
+
+@pytest.mark.slow
+def test_sharded_moments_train_and_resume_either_way(tmp_path):
+  """optim.shard_moments (ZeRO-1) trains to the same parameters as replicated moments, and a
+  checkpoint written with one setting resumes with the other (orbax reshards the moments)."""
+  replicated = tmp_path / 'replicated'
+  train.run(_small_demo_config(**{'mesh.data': 4}), str(replicated))
+  zero = tmp_path / 'zero'
+  result = train.run(_small_demo_config(**{'mesh.data': 4, 'optim.shard_moments': True,
+                                           'train.checkpoint_every': 1}), str(zero))
+  assert result.step == 3
+  _assert_trees_close(_final_params(zero, 3), _final_params(replicated, 3), 1e-6)
+  # "Kill" the sharded run after step 2 and resume it with replicated moments.
+  shutil.rmtree(zero / 'checkpoints' / '3')
+  result = train.run(_small_demo_config(**{'mesh.data': 4, 'train.checkpoint_every': 1}),
+                     str(zero))
+  assert result.step == 3
+  _assert_trees_close(_final_params(zero, 3), _final_params(replicated, 3), 1e-6)
 
 
 def _free_port() -> int:

@@ -21,6 +21,15 @@ and starts the next one (it stays in the stream's lookahead): no example is drop
 or duplicated, so "examples consumed" is a plain count and a resumed run can skip exactly that
 many (pipeline.py).
 
+Evaluation (`SubBatchBuilder(..., evaluation=True)`): each sub-batch also carries host-side
+metadata, `SubBatch.meta`, one `ExampleMeta` per example slot (aligned with `example_mask`; for
+span and summarization slot e is row e): the example's position in its stream, its question
+group (MultiRC), the raw context, gold answers and token character offsets of each MRC window,
+and the raw reference summary. It never goes to the device (the arrays and their shapes are
+the same as in training). An evaluation builder also picks MRC windows without looking at the
+answer: when a context has more windows than rows, it keeps the first R (training keeps the
+windows that hold the answer first).
+
 Bad inputs raise `ValueError` naming the task (label out of range, more choices than
 `data.max_choices`, span offsets outside the context): the dataset mappers are responsible for
 dropping such examples, and silently skipping them here would hide a broken mapper. An
@@ -47,22 +56,6 @@ MODEL_TYPES = ('roberta', 'bart')
 
 
 @dataclasses.dataclass(frozen=True)
-class PackedExample:
-  """A classification or multiple-choice example, ready to place.
-
-  Attributes:
-    segments: complete token ids of each segment (with `<s>`/`</s>`), one per choice
-      (classification: one segment).
-    label: class id / index of the correct choice.
-    loss_n: n of the log(n) loss scaling (classes / valid choices).
-  """
-
-  segments: tuple[np.ndarray, ...]
-  label: int
-  loss_n: float
-
-
-@dataclasses.dataclass(frozen=True)
 class SpanWindow:
   """One row of a span example.
 
@@ -72,6 +65,7 @@ class SpanWindow:
     context_end: one past the last column of the window's context tokens.
     start: column of the answer's first token, 0 if the window does not hold the answer.
     end: column of the answer's last token, 0 if the window does not hold the answer.
+    first_token: index, in the tokenized context, of the token at column `context_begin`.
   """
 
   tokens: np.ndarray
@@ -79,11 +73,74 @@ class SpanWindow:
   context_end: int
   start: int
   end: int
+  first_token: int = 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExampleMeta:
+  """Host-side facts about the example in one slot, for evaluation; never sent to the device.
+
+  Attributes:
+    index: the example's position in its stream (0-based); all windows (rows) of one span
+      example share it.
+    group: classification: the question the example belongs to (MultiRC: every answer option
+      of a question has the same group), '' when the dataset has none.
+    context: span: the raw context text.
+    answers: span: every gold answer text of the question.
+    offsets: span: [n, 2] int64 character (start, end) of each token of the tokenized context,
+      shared by the example's windows.
+    window: span: this row's window (columns of its context tokens, `first_token`).
+    reference: summarization: the raw reference summary (not tokenized, not truncated).
+  """
+
+  index: int = -1
+  group: str = ''
+  context: str = ''
+  answers: tuple[str, ...] = ()
+  offsets: np.ndarray | None = None
+  window: SpanWindow | None = None
+  reference: str = ''
+
+  def span_text(self, start: int, end: int) -> str:
+    """The original context text of the window's columns `start..end` (inclusive).
+
+    Cut from `context` with the tokenizer's character offsets (not decoded from tokens), so
+    case, inner whitespace and punctuation are the original's; whitespace at the ends (which
+    byte-level BPE may count into a token) is stripped.
+    """
+    w = self.window
+    if w is None or self.offsets is None:
+      raise ValueError('span_text needs the metadata of a span window')
+    if not w.context_begin <= start <= end < w.context_end:
+      raise ValueError(f'columns [{start}, {end}] are not inside the window\'s context '
+                       f'[{w.context_begin}, {w.context_end})')
+    first = w.first_token + start - w.context_begin
+    last = w.first_token + end - w.context_begin
+    return self.context[int(self.offsets[first, 0]):int(self.offsets[last, 1])].strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedExample:
+  """A classification or multiple-choice example, ready to place.
+
+  Attributes:
+    segments: complete token ids of each segment (with `<s>`/`</s>`), one per choice
+      (classification: one segment).
+    label: class id / index of the correct choice.
+    loss_n: n of the log(n) loss scaling (classes / valid choices).
+    meta: evaluation metadata (evaluation builders only; `index` is set when placed).
+  """
+
+  segments: tuple[np.ndarray, ...]
+  label: int
+  loss_n: float
+  meta: ExampleMeta | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class SpanExample:
   windows: tuple[SpanWindow, ...]
+  meta: ExampleMeta | None = None  # Evaluation builders only (without `window`, `index`).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +149,7 @@ class Seq2SeqExample:
 
   encoder: np.ndarray
   target: np.ndarray
+  meta: ExampleMeta | None = None  # Evaluation builders only (`index` is set when placed).
 
 
 Prepared = Union[PackedExample, SpanExample, Seq2SeqExample]
@@ -146,11 +204,15 @@ class SubBatch:
     arrays: the fields of `BatchShape.field_specs()` (numpy, exact shapes and dtypes).
     num_examples: examples consumed from the stream (0 only when the stream is exhausted).
     num_tokens: real (non-padding) encoder tokens.
+    meta: evaluation builders only (None otherwise): [E] host-side metadata, one per example
+      slot, None where `example_mask` is False. Not part of `arrays`: the device program
+      never sees it.
   """
 
   arrays: dict[str, np.ndarray]
   num_examples: int
   num_tokens: int
+  meta: tuple[ExampleMeta | None, ...] | None = None
 
 
 # --- Builder -----------------------------------------------------------------------------------
@@ -165,7 +227,8 @@ class SubBatchBuilder:
   """
 
   def __init__(self, shape: BatchShape, vocab: HFVocabulary, task_table: TaskTable, *,
-               model_type: str = 'roberta', span_stride: int = 128, chunk_size: int = 64):
+               model_type: str = 'roberta', span_stride: int = 128, chunk_size: int = 64,
+               evaluation: bool = False):
     """Args:
       shape: the per-slot sizes (R, L, E, C, Ld).
       vocab: the run's tokenizer.
@@ -176,6 +239,9 @@ class SubBatchBuilder:
         (config.data.span_stride); must be < (L - 4) // 2 (checked when a span task's stream
         is created).
       chunk_size: examples tokenized at once by a stream (lookahead, not consumed).
+      evaluation: build for evaluation: fill `SubBatch.meta`, and pick MRC windows without
+        looking at the answer (module docstring). Training builders leave it off (no
+        metadata is kept, and no time spent on it).
     """
     if model_type not in MODEL_TYPES:
       raise ValueError(f'model_type must be one of {MODEL_TYPES}, got {model_type!r}')
@@ -187,6 +253,7 @@ class SubBatchBuilder:
     self.model_type = model_type
     self.span_stride = span_stride
     self.chunk_size = chunk_size
+    self.evaluation = evaluation
     self._cls = vocab.cls_id
     self._sep = vocab.sep_id
     self._eos = vocab.eos_id
@@ -229,13 +296,15 @@ class SubBatchBuilder:
     arrays['input_ids'].fill(self._pad)
     arrays['task_id'][...] = stream.task_id
     arrays['family_id'][...] = int(stream.family)
+    meta = [None] * self.shape.max_examples if self.evaluation else None
     if stream.family in (Family.CLASSIFICATION, Family.MULTIPLE_CHOICE):
-      n = self._fill_packed(stream, arrays)
+      n = self._fill_packed(stream, arrays, meta)
     elif stream.family == Family.SPAN:
-      n = self._fill_span(stream, arrays)
+      n = self._fill_span(stream, arrays, meta)
     else:
-      n = self._fill_seq2seq(stream, arrays)
-    return SubBatch(arrays, n, int(np.count_nonzero(arrays['segment_ids'])))
+      n = self._fill_seq2seq(stream, arrays, meta)
+    return SubBatch(arrays, n, int(np.count_nonzero(arrays['segment_ids'])),
+                    None if meta is None else tuple(meta))
 
   # --- Tokenize and lay out ----------------------------------------------------------------------
 
@@ -266,7 +335,8 @@ class SubBatchBuilder:
         segment = self._segment(a[:na], b[:nb])
       else:
         segment = self._segment(a[:length - 2], None)
-      out.append(PackedExample((segment,), label, float(num_classes)))
+      meta = ExampleMeta(group=str(ex.get('group', ''))) if self.evaluation else None
+      out.append(PackedExample((segment,), label, float(num_classes), meta))
     return out
 
   def _prepare_multiple_choice(self, task_name: str, task_id: int,
@@ -299,7 +369,8 @@ class SubBatchBuilder:
         ctx = context[:max(0, budget - len(question))]
         segments.append(self._segment([*ctx, *question[:budget - len(ctx)]], choice))
       k += n
-      out.append(PackedExample(tuple(segments), int(ex['label']), float(n)))
+      meta = ExampleMeta() if self.evaluation else None
+      out.append(PackedExample(tuple(segments), int(ex['label']), float(n), meta))
     return out
 
   def _prepare_span(self, task_name: str, task_id: int, raw: list[dict]) -> list[SpanExample]:
@@ -313,12 +384,17 @@ class SubBatchBuilder:
       budget = length - 4 - len(question)
       step = budget - self.span_stride
       first_col = len(question) + 3  # After `<s> question </s></s>`.
-      answer = _answer_tokens(task_name, ex, context.offsets)
+      offsets = np.asarray(context.offsets, np.int64).reshape(-1, 2)
+      answer = _answer_tokens(task_name, ex, offsets)
       ids = np.asarray(context.ids, np.int32)
       starts = [0]
       while starts[-1] + budget < len(ids):
         starts.append(starts[-1] + step)
-      if len(starts) > rows:
+      if len(starts) > rows and self.evaluation:
+        # Evaluation must not use the answer to choose what the model sees: the first R
+        # windows (a question whose answer lies beyond them still counts, as a miss).
+        starts = starts[:rows]
+      elif len(starts) > rows:
         # More windows than rows: keep the windows that hold the answer, then the earliest
         # others, in context order (windows of one example stay in one sub-batch).
         holds = [s for s in starts if answer and s <= answer[0] and answer[1] < s + budget]
@@ -334,8 +410,12 @@ class SubBatchBuilder:
           start, end = first_col + answer[0] - s, first_col + answer[1] - s
         else:
           start = end = 0
-        windows.append(SpanWindow(tokens, first_col, first_col + len(window), start, end))
-      out.append(SpanExample(tuple(windows)))
+        windows.append(SpanWindow(tokens, first_col, first_col + len(window), start, end, s))
+      meta = None
+      if self.evaluation:
+        meta = ExampleMeta(context=ex['context'], answers=tuple(ex.get('answers') or ()),
+                           offsets=offsets)
+      out.append(SpanExample(tuple(windows), meta))
     return out
 
   def _prepare_summarization(self, task_name: str, task_id: int,
@@ -348,13 +428,15 @@ class SubBatchBuilder:
         Seq2SeqExample(
             np.array([self._cls, *document[:length - 2], self._eos], np.int32),
             # Cut the summary, not its `</s>`: the model must learn to stop.
-            np.array([*summary[:target_length - 1], self._eos], np.int32))
-        for document, summary in zip(documents, summaries)
+            np.array([*summary[:target_length - 1], self._eos], np.int32),
+            ExampleMeta(reference=ex['summary']) if self.evaluation else None)
+        for ex, document, summary in zip(raw, documents, summaries)
     ]
 
   # --- Fill ------------------------------------------------------------------------------------
 
-  def _fill_packed(self, stream: ExampleStream, arrays: dict[str, np.ndarray]) -> int:
+  def _fill_packed(self, stream: ExampleStream, arrays: dict[str, np.ndarray],
+                   meta: list[ExampleMeta | None] | None) -> int:
     """First-fit packing of classification / multiple-choice segments; returns examples."""
     rows, length, max_examples = self.shape.rows, self.shape.length, self.shape.max_examples
     free = [length] * rows
@@ -383,10 +465,13 @@ class SubBatchBuilder:
       arrays['labels'][e] = item.label
       arrays['example_mask'][e] = True
       arrays['loss_n'][e] = item.loss_n
+      if meta is not None:
+        meta[e] = dataclasses.replace(item.meta, index=stream.consumed - 1)
       e += 1
     return e
 
-  def _fill_span(self, stream: ExampleStream, arrays: dict[str, np.ndarray]) -> int:
+  def _fill_span(self, stream: ExampleStream, arrays: dict[str, np.ndarray],
+                 meta: list[ExampleMeta | None] | None) -> int:
     """One window per row; all windows of an example in the same sub-batch."""
     row, count = 0, 0
     while True:
@@ -396,6 +481,8 @@ class SubBatchBuilder:
       stream.pop()
       count += 1
       for w in item.windows:
+        if meta is not None:
+          meta[row] = dataclasses.replace(item.meta, index=stream.consumed - 1, window=w)
         n = len(w.tokens)
         arrays['input_ids'][row, :n] = w.tokens
         arrays['segment_ids'][row, :n] = 1
@@ -409,7 +496,8 @@ class SubBatchBuilder:
         row += 1
     return count
 
-  def _fill_seq2seq(self, stream: ExampleStream, arrays: dict[str, np.ndarray]) -> int:
+  def _fill_seq2seq(self, stream: ExampleStream, arrays: dict[str, np.ndarray],
+                    meta: list[ExampleMeta | None] | None) -> int:
     """One summarization example per row."""
     arrays['decoder_input_ids'].fill(self._pad)
     arrays['decoder_target_ids'].fill(self._pad)
@@ -427,6 +515,8 @@ class SubBatchBuilder:
       arrays['decoder_mask'][row, :m] = True
       arrays['example_mask'][row] = True
       arrays['loss_n'][row] = self._vocab_size
+      if meta is not None:
+        meta[row] = dataclasses.replace(item.meta, index=stream.consumed - 1)
       row += 1
     return row
 
@@ -464,9 +554,11 @@ def _first_fit(free: list[int], lengths: Sequence[int]) -> list[int] | None:
   return rows
 
 
-def _answer_tokens(task_name: str, ex: dict,
-                   offsets: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-  """(first, last) context token of the answer, or None (unanswerable / no token overlaps)."""
+def _answer_tokens(task_name: str, ex: dict, offsets: np.ndarray) -> tuple[int, int] | None:
+  """(first, last) context token of the answer, or None (unanswerable / no token overlaps).
+
+  `offsets` are the context tokens' [n, 2] character (start, end).
+  """
   begin, end = ex['answer_start'], ex['answer_end']
   if end <= begin:
     return None
@@ -474,12 +566,11 @@ def _answer_tokens(task_name: str, ex: dict,
     raise ValueError(
         f'task {task_name!r}: answer offsets [{begin}, {end}) are outside the context '
         f'({len(ex["context"])} characters); the dataset mapper must drop such examples.')
-  if not offsets:
+  if not len(offsets):
     return None
-  off = np.asarray(offsets, np.int64)
   # Tokens overlapping [begin, end): byte-level BPE may include a leading space in a token's
   # offsets, so overlap (not containment) is the test.
-  hit = np.flatnonzero((off[:, 1] > begin) & (off[:, 0] < end))
+  hit = np.flatnonzero((offsets[:, 1] > begin) & (offsets[:, 0] < end))
   if not hit.size:
     return None
   return int(hit[0]), int(hit[-1])

@@ -16,6 +16,10 @@ Span offsets are character offsets into `context`, end exclusive, of the first g
 found in the context; `answers` holds every gold answer text (for EM/F1). Most mappers return
 exactly one example; RACE returns one per question of the article.
 
+One optional field: the mappers of the datasets in `GROUPED` (MultiRC, ERASER MultiRC) add
+`'group': str` to their classification examples, the question an answer option belongs to, so
+that evaluation can score MultiRC's per-question exact match. Training ignores it.
+
 A record that cannot be mapped faithfully (missing field, unlabelled or out-of-range label,
 empty text, answer absent from the context, wrong number of choices ...) raises `BadRecord`.
 `DropCounter` wraps the mappers so that such records are dropped and counted by reason instead
@@ -298,8 +302,6 @@ map_hans = _pair('hans', 'premise', 'hypothesis')
 map_rotten_tomatoes = _single('rotten_tomatoes', 'text')
 # TFDS's Yelp ClassLabel is named ['1', '2'], so its indices are already 0 (neg) / 1 (pos).
 map_yelp_polarity = _single('yelp_polarity', 'text')
-# ERASER MultiRC keeps its 'question || answer' string as is, as CATALOGUE.md maps it.
-map_eraser_multi_rc = _pair('eraser_multi_rc', 'passage', 'query_and_answer')
 map_wiki_qa = _pair('wiki_qa', 'question', 'answer')
 map_scitail = _pair('scitail', 'premise', 'hypothesis')
 
@@ -330,12 +332,38 @@ _MULTIRC_SENT = re.compile(r'<b>\s*Sent\s+\d+\s*:\s*</b>')
 
 
 def map_multirc(raw: dict) -> list[Example]:
-  """SuperGLUE MultiRC: (paragraph without markup, question + ' ' + answer)."""
+  """SuperGLUE MultiRC: (paragraph without markup, question + ' ' + answer).
+
+  group: '<idx.paragraph>:<idx.question>', the question the answer option belongs to (the key
+  of SuperGLUE's per-question exact match).
+  """
   paragraph = _text(raw, 'paragraph')
   paragraph = _HTML_BREAK.sub(' ', _MULTIRC_SENT.sub('', paragraph))
   paragraph = _SPACES.sub(' ', paragraph)
   text_b = _text(raw, 'question') + ' ' + _text(raw, 'answer')
-  return _classification(paragraph, text_b, _field(raw, 'label'), NUM_CLASSES['multirc'])
+  idx = _field(raw, 'idx')
+  if not isinstance(idx, Mapping):
+    raise BadRecord('non-dict field idx')
+  group = f'{_int(_field(idx, "paragraph"))}:{_int(_field(idx, "question"))}'
+  examples = _classification(paragraph, text_b, _field(raw, 'label'), NUM_CLASSES['multirc'])
+  examples[0]['group'] = group
+  return examples
+
+
+def map_eraser_multi_rc(raw: dict) -> list[Example]:
+  """ERASER MultiRC: (passage, 'question || answer' as is, as CATALOGUE.md maps it).
+
+  group: the passage's digest and the question (the text before ' || '): ERASER has no
+  question ids, and a question is one passage's question text.
+  """
+  passage = _text(raw, 'passage')
+  query_and_answer = _text(raw, 'query_and_answer')
+  examples = _classification(passage, query_and_answer, _field(raw, 'label'),
+                             NUM_CLASSES['eraser_multi_rc'])
+  question = query_and_answer.split('||', 1)[0].strip()
+  digest = hashlib.sha1(passage.encode('utf-8')).hexdigest()[:16]
+  examples[0]['group'] = f'{digest}:{question}'
+  return examples
 
 
 def map_wic(raw: dict) -> list[Example]:
@@ -781,6 +809,9 @@ map_multi_news = _summ('multi_news', 'document', 'summary')
 # ---------------------------------------------------------------------------------------------
 # Registry.
 # ---------------------------------------------------------------------------------------------
+
+# Datasets whose mapper adds the optional `group` field (module docstring).
+GROUPED: frozenset[str] = frozenset({'multirc', 'eraser_multi_rc'})
 
 MAPPERS: dict[str, Mapper] = {
     # Classification.

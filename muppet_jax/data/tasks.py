@@ -22,7 +22,9 @@ Pipeline of one task: TFDS source (for HF-only datasets, the local builders of h
 -> one dataset-level preprocessor that runs the dataset's python mapper
 (`preprocessors.MAPPERS[slug]`, raw example as plain python -> 0..n family examples; bad records
 are dropped and counted by the process-wide `DROP_COUNTER`) -> a `tf.data` dataset of family
-examples with a fixed per-family signature (`FAMILY_SIGNATURES`). The tasks have no
+examples with a fixed signature per task (`example_signature`: the family's
+`FAMILY_SIGNATURES`, plus the optional `group` field for the datasets in
+`preprocessors.GROUPED`, which evaluation uses and batching ignores). The tasks have no
 `output_features`: tokenization happens later, in batching.py. So
 `task.get_dataset(sequence_length=None, split=..., shuffle=False)` works, and the trainer reads
 plain python examples through `family_examples(...)`.
@@ -67,6 +69,20 @@ FAMILY_SIGNATURES: Mapping[Family, Mapping[str, tf.TensorSpec]] = {
     Family.SUMMARIZATION: {'document': _STR, 'summary': _STR},
 }
 
+# Optional fields, present exactly for the datasets whose mapper emits them: `group`, the
+# question of a MultiRC answer option (preprocessors.GROUPED). Host-side evaluation metadata:
+# batching.py reads only the family's fields, so training is unaffected.
+GROUP_FIELD = 'group'
+
+
+def example_signature(record: DatasetRecord) -> dict[str, tf.TensorSpec]:
+  """The tf.data element signature of a task's family examples (see FAMILY_SIGNATURES)."""
+  signature = dict(FAMILY_SIGNATURES[record.family])
+  if record.slug in preprocessors.GROUPED:
+    signature[GROUP_FIELD] = _STR
+  return signature
+
+
 MUPPET_ALL = 'muppet_all'
 MUPPET_ENCODER = 'muppet_encoder'
 MUPPET_DEMO = 'muppet_demo'
@@ -103,14 +119,14 @@ def to_python(value: Any) -> Any:
   return value
 
 
-def _check_family_example(example: Mapping[str, Any], family: Family, num_classes: int,
-                          task_name: str) -> dict[str, Any]:
-  """Returns the example restricted to the family's fields, raising on a malformed one.
+def _check_family_example(example: Mapping[str, Any], record: DatasetRecord) -> dict[str, Any]:
+  """Returns the example restricted to the task's fields, raising on a malformed one.
 
   Mappers must raise BadRecord for records they cannot map; an example that reaches this point
   malformed is a mapper bug, so it fails loudly instead of being trained on.
   """
-  signature = FAMILY_SIGNATURES[family]
+  family, num_classes, task_name = record.family, record.num_classes, record.task_name
+  signature = example_signature(record)
   missing = [k for k in signature if k not in example]
   if missing:
     raise ValueError(f'{task_name}: mapper output lacks {missing}: {example!r:.300}')
@@ -169,16 +185,14 @@ class MapToFamily:
       try:
         for raw in dataset.as_numpy_iterator():
           for example in DROP_COUNTER.apply(record.slug, to_python(raw)):
-            yield _check_family_example(example, record.family, record.num_classes,
-                                        record.task_name)
+            yield _check_family_example(example, record)
       finally:
         counts = DROP_COUNTER.counts.get(record.slug)
         if counts and counts['dropped']:
           logging.info('%s: stream closed; so far kept %d records, dropped %s',
                        record.task_name, counts['kept'], counts['dropped'])
 
-    return tf.data.Dataset.from_generator(
-        generate, output_signature=dict(FAMILY_SIGNATURES[record.family]))
+    return tf.data.Dataset.from_generator(generate, output_signature=example_signature(record))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,11 +294,9 @@ def _demo_dataset(record: DatasetRecord, split: str, shuffle_files: bool,
 
   def generate() -> Iterator[dict[str, Any]]:
     for example in examples:
-      yield _check_family_example(example, record.family, record.num_classes,
-                                  record.task_name)
+      yield _check_family_example(example, record)
 
-  return tf.data.Dataset.from_generator(
-      generate, output_signature=dict(FAMILY_SIGNATURES[record.family]))
+  return tf.data.Dataset.from_generator(generate, output_signature=example_signature(record))
 
 
 def _source(record: DatasetRecord) -> seqio.DataSource:
@@ -477,7 +489,8 @@ def family_examples(task_name: str, split: str, *, shuffle: bool, seed: int | No
   Yields:
     {'text_a', 'text_b', 'label'} / {'context', 'question', 'choices', 'label'} /
     {'context', 'question', 'answer_start', 'answer_end', 'answers'} / {'document',
-    'summary'} with str, int and list[str] values.
+    'summary'} with str, int and list[str] values; MultiRC-style tasks add 'group'
+    (`example_signature`).
   """
   task = get_task(task_name)
   if split not in task.splits:

@@ -146,15 +146,20 @@ def dot_product_attention(
     # uniform softmax over a finite large negative, never NaN.
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
   # Training with attention dropout: the fused kernels have no dropout, so spell it out. Keep the
-  # same numerics as the fused XLA path (float32 logits and softmax, finite mask value).
+  # same numerics as the fused XLA path (float32 logits and softmax, finite mask value). Heads
+  # go first ([batch, heads, length, head_dim]) so both products are plain batched matmuls, and
+  # the scale multiplies the queries rather than the T x S logits: together ~25% less time for
+  # this block's forward and backward on CPU than einsums over [batch, length, heads, head_dim]
+  # (bench/README.md).
   scale = query.shape[-1] ** -0.5
-  logits = jnp.einsum('btnh,bsnh->bnts', query, key, preferred_element_type=jnp.float32)
-  logits = logits * scale
+  q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, N, T|S, H]
+  logits = jnp.matmul(q * jnp.asarray(scale, q.dtype), jnp.swapaxes(k, -1, -2),
+                      preferred_element_type=jnp.float32)  # [B, N, T, S]
   if mask is not None:
     logits = jnp.where(mask, logits, _LARGE_NEGATIVE)
   probs = jax.nn.softmax(logits, axis=-1)
   probs = dropout(probs, deterministic=False).astype(value.dtype)
-  return jnp.einsum('bnts,bsnh->btnh', probs, value)
+  return jnp.swapaxes(jnp.matmul(probs, v), 1, 2)
 
 
 # ---------------------------------------------------------------------------------------------

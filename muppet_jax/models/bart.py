@@ -27,6 +27,7 @@ import transformers
 from flax import nnx
 
 from muppet_jax.models import attention
+from muppet_jax.models import dropout as dropout_lib
 
 Array = jax.Array
 Dtype = Any
@@ -104,7 +105,7 @@ class BartAttention(nnx.Module):
     self.v_proj = attention.dense(d_model, d_model, ('embed', 'heads'), **kw)
     self.q_proj = attention.dense(d_model, d_model, ('embed', 'heads'), **kw)
     self.out_proj = attention.dense(d_model, d_model, ('heads', 'embed'), **kw)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(dropout, rngs=rngs)
 
   def project_kv(self, source: Array) -> KVCache:
     """`[B, S, H]` -> keys and values `[B, S, heads, head_dim]`."""
@@ -148,8 +149,8 @@ class BartEncoderLayer(nnx.Module):
     self.fc2 = attention.dense(config.encoder_ffn_dim, d, ('mlp', 'embed'), **dense_kw)
     self.final_layer_norm = attention.layer_norm(d, **ln_kw)
     self.activation_fn = attention.activation(config.activation_function)
-    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
-    self.activation_dropout = nnx.Dropout(config.activation_dropout, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(config.dropout, rngs=rngs)
+    self.activation_dropout = dropout_lib.Dropout(config.activation_dropout, rngs=rngs)
 
   def __call__(self, hidden: Array, mask: Array | None, *, deterministic: bool) -> Array:
     x = self.self_attn(hidden, hidden, mask, deterministic=deterministic)
@@ -174,8 +175,8 @@ class BartDecoderLayer(nnx.Module):
     self.fc2 = attention.dense(config.decoder_ffn_dim, d, ('mlp', 'embed'), **dense_kw)
     self.final_layer_norm = attention.layer_norm(d, **ln_kw)
     self.activation_fn = attention.activation(config.activation_function)
-    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
-    self.activation_dropout = nnx.Dropout(config.activation_dropout, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(config.dropout, rngs=rngs)
+    self.activation_dropout = dropout_lib.Dropout(config.activation_dropout, rngs=rngs)
 
   def forward(self, hidden: Array, self_kv: KVCache, self_mask: Array | None, cross_kv: KVCache,
               cross_mask: Array | None, *, deterministic: bool) -> Array:
@@ -223,7 +224,7 @@ class _Stack(nnx.Module):
         init_std=config.init_std, param_dtype=param_dtype, rngs=rngs)
     self.layernorm_embedding = attention.layer_norm(
         config.d_model, epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(config.dropout, rngs=rngs)
 
   def embed(self, token_embeddings: Array, positions: Array, *, deterministic: bool) -> Array:
     """Raw token embeddings `[B, L, H]` + 0-based positions `[B, L]` -> layer input `[B, L, H]`."""

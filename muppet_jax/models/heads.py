@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from muppet_jax.models import attention
+from muppet_jax.models import dropout as dropout_lib
 
 # Kind of multiple-choice head: the HF RobertaForMultipleChoice layout, or the documented BART
 # form (a one-output BartClassificationHead).
@@ -148,7 +149,7 @@ class ClassificationHeads(nnx.Module):
     kw = dict(init_std=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.dense = StackedLinear(self.num_heads, hidden, hidden, ('embed', 'mlp'), **kw)
     self.out_proj = StackedLinear(self.num_heads, hidden, max_classes, ('mlp', None), **kw)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(dropout, rngs=rngs)
     self.dtype = dtype
 
   def out_proj_kernel(self, head_index: jax.Array, num_classes: jax.Array) -> jax.Array:
@@ -203,7 +204,7 @@ class MultipleChoiceHead(nnx.Module):
     else:
       self.dense = attention.dense(hidden, hidden, ('embed', 'mlp'), **kw)
       self.out_proj = attention.dense(hidden, 1, ('mlp', None), **kw)
-    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(dropout, rngs=rngs)
 
   def __call__(self, features: jax.Array, deterministic: bool = True) -> jax.Array:
     """Scores `[...]` for features `[..., H]` (RoBERTa: pooled; BART: `</s>` decoder states)."""

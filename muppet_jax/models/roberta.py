@@ -22,6 +22,7 @@ import transformers
 from flax import nnx
 
 from muppet_jax.models import attention
+from muppet_jax.models import dropout as dropout_lib
 
 Array = jax.Array
 Dtype = Any
@@ -86,7 +87,7 @@ class RobertaEmbeddings(nnx.Module):
         rngs=rngs)
     self.LayerNorm = attention.layer_norm(  # pylint: disable=invalid-name  (HF name)
         h, epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(config.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, token_embeddings: Array, position_ids: Array, *,
                deterministic: bool) -> Array:
@@ -114,7 +115,7 @@ class RobertaSelfAttention(nnx.Module):
     self.query = attention.dense(h, h, ('embed', 'heads'), **kw)
     self.key = attention.dense(h, h, ('embed', 'heads'), **kw)
     self.value = attention.dense(h, h, ('embed', 'heads'), **kw)
-    self.dropout = nnx.Dropout(config.attention_probs_dropout_prob, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(config.attention_probs_dropout_prob, rngs=rngs)
 
   def __call__(self, hidden: Array, mask: Array | None, *, deterministic: bool) -> Array:
     q = attention.split_heads(self.query(hidden), self.num_heads)
@@ -135,7 +136,7 @@ class RobertaSelfOutput(nnx.Module):
                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.LayerNorm = attention.layer_norm(  # pylint: disable=invalid-name  (HF name)
         h, epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(config.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, context: Array, residual: Array, *, deterministic: bool) -> Array:
     x = self.dropout(self.dense(context), deterministic=deterministic)
@@ -181,7 +182,7 @@ class RobertaOutput(nnx.Module):
                                  param_dtype=param_dtype, rngs=rngs)
     self.LayerNorm = attention.layer_norm(  # pylint: disable=invalid-name  (HF name)
         h, epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(config.hidden_dropout_prob, rngs=rngs)
+    self.dropout = dropout_lib.Dropout(config.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, hidden: Array, residual: Array, *, deterministic: bool) -> Array:
     x = self.dropout(self.dense(hidden), deterministic=deterministic)

@@ -1,0 +1,87 @@
+"""ZeRO-1 (`optim.shard_moments`): Adam's moments split over the mesh's data axis, on 8 fake CPU
+devices. The update must be the same as with replicated moments; each device holds 1/D of
+every moment that D divides."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from muppet_jax import objective
+from muppet_jax import optim
+from muppet_jax import sharding
+from muppet_jax import step as step_lib
+from muppet_jax import train
+from test_step import _setup, _stack  # pylint: disable=wrong-import-order
+
+
+def _mesh(data, model):
+  config = type('MeshConfig', (), {'data': data, 'model': model})
+  return sharding.make_mesh(config).mesh
+
+
+@pytest.mark.parametrize('data,model,spec,shape,want', [
+    (4, 2, P(), (50, 8), P(None, 'data')),  # 50 is not divisible by 4: the other dimension.
+    (4, 2, P(), (64, 32), P('data', None)),  # The larger dimension.
+    (4, 2, P(None, 'model'), (16, 64), P('data', 'model')),  # Keeps the model split.
+    (4, 2, P(), (2,), P()),  # A 2-class bias: nothing to split.
+    (4, 2, P(), (), P()),  # Scalars stay replicated.
+    (8, 1, P(), (768, 3072), P(None, 'data')),
+    (1, 8, P(), (768, 3072), P()),  # No data parallelism: nothing to do.
+])
+def test_shard_over_data_picks_the_largest_free_divisible_dimension(data, model, spec, shape,
+                                                                    want):
+  mesh = _mesh(data, model)
+  got = sharding.shard_over_data(NamedSharding(mesh, spec), shape)
+  assert tuple(got.spec) + (None,) * (len(shape) - len(got.spec)) == \
+      tuple(want) + (None,) * (len(shape) - len(want))
+
+
+def test_sharded_moments_give_the_same_update_with_1_over_d_of_the_memory(tmp_path_factory):
+  config, vocab, table, subs, model = _setup(str(tmp_path_factory.mktemp('tok')))
+  layout = sharding.make_mesh(type('MeshConfig', (), {'data': 8, 'model': 1}))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  config = config.copy_and_resolve_references()
+  config.optim.clip_norm = 1.0  # The clipping state (global norm) must work on split moments.
+  tx = optim.build(config.optim, 10)
+  schedule = optim.learning_rate_schedule(config.optim, 10)
+  settings = objective.ObjectiveSettings.from_config(config, vocab.vocab_size)
+  batch = _stack(subs, 1, 8)
+  step_fn = step_lib.make_train_step(graphdef, tx, schedule, table, settings, layout.mesh)
+
+  results = {}
+  for shard_moments in (False, True):
+    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                                opt_state=tx.init(params),
+                                rng=jax.random.key_data(jax.random.key(3)))
+    shardings = train._state_sharding(layout, state, tx, shard_moments)  # pylint: disable=protected-access
+    state = sharding.put_global(state, shardings)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, layout.batch_sharding),
+                     out_shardings=(shardings, layout.replicated), donate_argnums=0)
+    global_batch = sharding.global_batch(layout, batch)
+    for _ in range(3):
+      state, _ = jitted(state, global_batch)
+    results[shard_moments] = state
+
+  # Same parameters after 3 updates: only where Adam's elementwise update runs has changed.
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(results[False].params)[0],
+                          jax.tree.leaves(results[True].params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-7,
+                               err_msg=jax.tree_util.keystr(path))
+
+  # Memory: every moment leaf with a dimension that 8 divides is split 8 ways.
+  moments = [x for x in jax.tree.leaves(results[True].opt_state) if x.ndim > 0]
+  assert moments
+  full = per_device = 0
+  for x in moments:
+    shard = x.addressable_shards[0].data.shape
+    if any(n % 8 == 0 for n in x.shape):
+      assert np.prod(shard) * 8 == np.prod(x.shape), (x.shape, shard)
+    full += x.nbytes
+    per_device += np.prod(shard) * x.dtype.itemsize
+  assert per_device < full / 6, (per_device, full)  # ~1/8, minus the few indivisible leaves.
+  # Replicated moments: every device holds all of them.
+  replicated = [x for x in jax.tree.leaves(results[False].opt_state) if x.ndim > 0]
+  assert all(x.addressable_shards[0].data.shape == x.shape for x in replicated)
