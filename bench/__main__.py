@@ -55,7 +55,7 @@ def _sync(x):
   return jax.block_until_ready(x)
 
 
-def measure_peak(dtype: str, n: int, repeats: int = 10) -> dict:
+def measure_peak(dtype: str, n: int, repeats: int = 20) -> dict:
   """FLOP/s of an n x n x n matmul on the default device (best of `repeats`)."""
   dt = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
   a = jax.random.normal(jax.random.key(0), (n, n), dt)
@@ -292,6 +292,13 @@ def main(argv=None) -> dict:
            'speedup_vs_torch': torch_r and torch_r['step_s'] / plain['step_s'],
            'torch_threads': torch_r and torch_r['threads']}
     results['shapes'].append(row)
+  # A matmul timed once can land on a busy moment of a shared machine: time it again after the
+  # steps and keep the faster, so that MFU is never inflated by an underestimated peak.
+  again = measure_peak(args.dtype, n)
+  if again['flops_per_s'] > peak['flops_per_s']:
+    peak = results['peak'] = again
+    for row in results['shapes']:
+      row['mfu'] = row['flops_per_s'] / peak['flops_per_s']
   results['pipeline'] = bench_pipeline(args.pipeline_seconds)
 
   d = results['device']
