@@ -47,10 +47,10 @@ import transformers
 from absl import logging
 from flax import nnx
 
+from muppet_jax import build
 from muppet_jax import checkpoint as checkpoint_lib
 from muppet_jax import config_lib
 from muppet_jax import finetune
-from muppet_jax import train
 from muppet_jax.data import tasks
 from muppet_jax.data import vocab as vocab_lib
 from muppet_jax.data.catalogue import DatasetRecord
@@ -179,9 +179,9 @@ def config_from_record(record: dict) -> tuple[ml_collections.ConfigDict, list[st
 
 
 def _data_setup(config: ml_collections.ConfigDict, workdir: str,
-                task_names: Sequence[str]) -> tuple[train.DataSetup, list[DatasetRecord]]:
-  """The run's tokenizer and tasks, in the checkpoint's task order (as `train.setup_data`)."""
-  vocab = vocab_lib.HFVocabulary(train.resolve_tokenizer(config, workdir))
+                task_names: Sequence[str]) -> tuple[build.DataSetup, list[DatasetRecord]]:
+  """The run's tokenizer and tasks, in the checkpoint's task order (as `build.setup_data`)."""
+  vocab = vocab_lib.HFVocabulary(build.resolve_tokenizer(config, workdir))
   records = [tasks.record_for_task(name) for name in task_names]
   table = TaskTable.build(task_names, [int(r.family) for r in records],
                           [r.num_classes for r in records])
@@ -194,23 +194,23 @@ def _data_setup(config: ml_collections.ConfigDict, workdir: str,
     except KeyError:  # The mixture is no longer registered: rates are informative only.
       rates_by_name = {}
   rates = tuple(float(rates_by_name.get(name, float('nan'))) for name in task_names)
-  data = train.DataSetup(vocab=vocab, task_names=tuple(task_names), rates=rates,
+  data = build.DataSetup(vocab=vocab, task_names=tuple(task_names), rates=rates,
                          task_table=table, shape=BatchShape.from_config(config.data))
   return data, records
 
 
-def hf_config_for(config: ml_collections.ConfigDict, data: train.DataSetup) -> hf.HFConfig:
-  """The backbone's `transformers` config, as `train.build_model` derives it."""
+def hf_config_for(config: ml_collections.ConfigDict, data: build.DataSetup) -> hf.HFConfig:
+  """The backbone's `transformers` config, as `build.build_model` derives it."""
   if config.model.init_from:
     hf_config = transformers.AutoConfig.from_pretrained(config.model.init_from)
-    for name, value in train.dropout_overrides(config).items():
+    for name, value in build.dropout_overrides(config).items():
       setattr(hf_config, name, value)
     if hf_config.model_type != config.model.type:
       raise ExportError(f'model.init_from={config.model.init_from!r} is a '
                         f'{hf_config.model_type!r} checkpoint but model.type is '
                         f'{config.model.type!r}')
     return hf_config
-  return train.random_init_hf_config(config, data)
+  return build.random_init_hf_config(config, data)
 
 
 @dataclasses.dataclass
@@ -220,7 +220,7 @@ class RestoredRun:
   model: muppet.MuppetModel
   hf_config: hf.HFConfig
   config: ml_collections.ConfigDict
-  data: train.DataSetup
+  data: build.DataSetup
   records: list[DatasetRecord]
   step: int
 

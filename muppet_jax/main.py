@@ -20,6 +20,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory (local or gs://) for checkpoints, metrics.jsonl and TensorBoard.')
+_MODE = flags.DEFINE_enum(
+    'mode', 'train', ['train', 'eval', 'compile'],
+    'train: train or resume the run in --workdir. eval: evaluate its newest checkpoint (or '
+    '--config.eval.step) on every task, changing nothing in the workdir. compile: compile the '
+    'train step ahead of time (--config.compile.topology for a TPU slice) and write '
+    'WORKDIR/compile_report.json; no weights, no data.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM).
@@ -40,7 +46,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if _MODE.value == 'compile':  # Ahead of time: no distributed runtime, no devices needed.
+    from muppet_jax import compile as compile_lib  # pylint: disable=g-import-not-at-top
+    compile_lib.run(_CONFIG.value, _WORKDIR.value)
+    return
   sharding.initialize_distributed()
+  if _MODE.value == 'eval':
+    from muppet_jax.eval import run as eval_run  # pylint: disable=g-import-not-at-top
+    eval_run.run(_CONFIG.value, _WORKDIR.value)
+    return
   result = train.run(_CONFIG.value, _WORKDIR.value)
   if result.preempted:
     logging.warning('stopped by SIGTERM at step %d after saving a checkpoint; re-run the same '

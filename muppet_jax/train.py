@@ -24,12 +24,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import seqio
-import transformers
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from muppet_jax import build
 from muppet_jax import checkpoint as checkpoint_lib
 from muppet_jax import evaluation
 from muppet_jax import finetune
@@ -42,10 +41,6 @@ from muppet_jax.data import batching
 from muppet_jax.data import pipeline as pipeline_lib
 from muppet_jax.data import sampler as sampler_lib
 from muppet_jax.data import tasks
-from muppet_jax.data import vocab as vocab_lib
-from muppet_jax.data.features import BatchShape, Family, TaskTable
-from muppet_jax.models import hf
-from muppet_jax.models import muppet
 
 
 @dataclasses.dataclass
@@ -56,17 +51,6 @@ class RunResult:
   preempted: bool  # Stopped by SIGTERM after saving a checkpoint.
   losses: list[float]  # The logged (window-averaged) losses, in order.
   eval_metrics: dict[str, dict[str, float]]  # Final held-out metrics per task.
-
-
-@dataclasses.dataclass
-class DataSetup:
-  """The run's tokenizer and tasks."""
-
-  vocab: vocab_lib.HFVocabulary
-  task_names: tuple[str, ...]
-  rates: tuple[float, ...]
-  task_table: TaskTable
-  shape: BatchShape
 
 
 class _Preemption:
@@ -93,116 +77,13 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def setup_data(config: ml_collections.ConfigDict, workdir: str) -> DataSetup:
-  """Tokenizer and task table of the run, with the checks that need both."""
-  if config.data.tfds_data_dir:
-    seqio.set_tfds_data_dir_override(config.data.tfds_data_dir)
-  vocab = vocab_lib.HFVocabulary(resolve_tokenizer(config, workdir))
-  if config.data.mixture in seqio.TaskRegistry.names():  # One task (fine-tuning).
-    mixture = [(config.data.mixture, 1.0)]
-  else:
-    mixture = tasks.mixture_tasks(config.data.mixture)
-  if config.data.num_tasks > 0:
-    mixture = mixture[:config.data.num_tasks]  # The paper's number-of-tasks study (5.1).
-  names = tuple(name for name, _ in mixture)
-  rates = tuple(float(rate) for _, rate in mixture)
-  records = [tasks.record_for_task(name) for name in names]
-  table = TaskTable.build(names, [int(r.family) for r in records],
-                          [r.num_classes for r in records])
-  summarization = [n for n, r in zip(names, records) if r.family == Family.SUMMARIZATION]
-  if summarization and config.model.type != 'bart':
-    raise ValueError(
-        f'mixture {config.data.mixture!r} has summarization tasks {summarization}, which need an '
-        "encoder-decoder: use model.type='bart' or an encoder mixture such as muppet_encoder")
-  return DataSetup(vocab=vocab, task_names=names, rates=rates, task_table=table,
-                   shape=BatchShape.from_config(config.data))
-
-
-def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Directory or hub id of the run's tokenizer (`data.tokenizer`, else `model.init_from`)."""
-  if config.data.tokenizer == 'demo':
-    from muppet_jax.data import demo  # pylint: disable=g-import-not-at-top
-    return demo.build_tokenizer(os.path.join(workdir, 'tokenizer'))
-  if config.data.tokenizer:
-    return config.data.tokenizer
-  if config.model.init_from:
-    return config.model.init_from
-  raise ValueError("data.tokenizer is empty and model.init_from is empty: set one of them "
-                   "(or data.tokenizer='demo' for the offline demo)")
-
-
-def dropout_overrides(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """The run's dropout rates as `transformers` config fields; they win over a checkpoint's."""
-  if config.model.type == 'roberta':
-    return {'hidden_dropout_prob': config.model.dropout,
-            'attention_probs_dropout_prob': config.model.attention_dropout}
-  return {'dropout': config.model.dropout, 'attention_dropout': config.model.attention_dropout}
-
-
-def random_init_hf_config(config: ml_collections.ConfigDict,
-                          data: DataSetup) -> transformers.PretrainedConfig:
-  """The backbone config of a random-init run: `config.model`'s shape, the tokenizer's ids."""
-  return hf.config_from_shape(
-      config.model.type, hidden_size=config.model.hidden_size,
-      num_layers=config.model.num_layers, num_heads=config.model.num_heads,
-      intermediate_size=config.model.intermediate_size,
-      max_position_embeddings=config.model.max_position_embeddings,
-      vocab_size=config.model.vocab_size or data.vocab.vocab_size,
-      dropout=config.model.dropout, attention_dropout=config.model.attention_dropout,
-      pad_token_id=data.vocab.pad_id, bos_token_id=data.vocab.bos_id,
-      eos_token_id=data.vocab.eos_id)
-
-
-def build_model(config: ml_collections.ConfigDict, data: DataSetup,
-                hf_config: transformers.PretrainedConfig | None = None
-                ) -> tuple[muppet.MuppetModel, transformers.PretrainedConfig]:
-  """The model and its backbone's `transformers` config.
-
-  Random init from `hf_config` if given, else the backbone of `model.init_from`, else random
-  init from the shape in `config.model`; the heads are always new.
-  """
-  rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
-  dtype = muppet.parse_dtype(config.model.dtype)
-  param_dtype = muppet.parse_dtype(config.model.param_dtype)
-  if hf_config is not None:
-    backbone = None
-  elif config.model.init_from:
-    backbone, hf_config = hf.load(config.model.init_from, dtype=dtype, param_dtype=param_dtype,
-                                  remat=config.model.remat, rngs=rngs,
-                                  overrides=dropout_overrides(config))
-    if hf_config.model_type != config.model.type:
-      raise ValueError(f'model.init_from={config.model.init_from!r} is a '
-                       f'{hf_config.model_type!r} checkpoint but model.type is '
-                       f'{config.model.type!r}')
-  else:
-    backbone = None
-    hf_config = random_init_hf_config(config, data)
-  _check_fits(config, data, hf_config)
-  model = muppet.build_model(config, hf_config, data.task_table, rngs=rngs, backbone=backbone)
-  return model, hf_config
-
-
-def _check_fits(config, data: DataSetup, hf_config) -> None:
-  """Sequence lengths and vocabulary must fit the model (clear errors instead of garbage)."""
-  max_pos = hf_config.max_position_embeddings
-  # RoBERTa's positions start after the padding index; BART's learned positions at 0 (+2 rows).
-  usable = max_pos - (hf_config.pad_token_id + 1) if config.model.type == 'roberta' else max_pos
-  for key in ('length', 'decoder_length'):
-    if config.data[key] > usable:
-      raise ValueError(f'data.{key}={config.data[key]} is too long for the model: '
-                       f'max_position_embeddings={max_pos} allows {usable} tokens per row')
-  if data.vocab.vocab_size > hf_config.vocab_size:
-    raise ValueError(f'the tokenizer has {data.vocab.vocab_size} tokens but the model\'s '
-                     f'vocabulary has {hf_config.vocab_size}: they do not belong together')
-
-
-def _config_record(config: ml_collections.ConfigDict, data: DataSetup) -> dict:
+def _config_record(config: ml_collections.ConfigDict, data: build.DataSetup) -> dict:
   record = json.loads(config.to_json_best_effort())
   record['tasks'] = list(data.task_names)
   return record
 
 
-def make_pipeline(config, data: DataSetup, layout: sharding.MeshLayout
+def make_pipeline(config, data: build.DataSetup, layout: sharding.MeshLayout
                   ) -> pipeline_lib.InputPipeline:
   """This host's input pipeline: slots s = a * D + d for its devices d, every a."""
   accum, devices = config.train.grad_accum, layout.data_size
@@ -246,13 +127,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   if config.finetune.from_workdir:  # Fine-tuning: the pre-finetuned run's model and tokenizer.
     pre_finetuned = finetune.load(config.finetune.from_workdir)
     config = finetune.adopt(config, pre_finetuned)
-  data = setup_data(config, workdir)
+  data = build.setup_data(config, workdir)
   pipeline = make_pipeline(config, data, layout)
   logging.info('%d tasks: %s', len(data.task_names),
                ', '.join(f'{n} ({r:.3f})' for n, r in zip(data.task_names, data.rates)))
 
   # ----- 3. State -----------------------------------------------------------------------------
-  model, hf_config = build_model(
+  model, hf_config = build.build_model(
       config, data, hf_config=pre_finetuned.hf_config if pre_finetuned else None)
   if jax.process_index() == 0:  # Export and fine-tuning rebuild the exact backbone from it.
     hf_config.to_json_file(os.path.join(workdir, finetune.BACKBONE_CONFIG))

@@ -17,11 +17,11 @@ import transformers
 from flax import nnx
 
 from configs import demo as demo_config
+from muppet_jax import build
 from muppet_jax import config_lib
 from muppet_jax import evaluation
 from muppet_jax import objective
 from muppet_jax import sharding
-from muppet_jax import train
 from muppet_jax.data import batching, demo, tasks
 from muppet_jax.data.features import BatchShape, Family, TaskTable
 from muppet_jax.data.vocab import HFVocabulary
@@ -265,8 +265,8 @@ def test_evaluator_every_family_of_the_demo(tmp_path):
   config.eval.num_beams = 1
   config.eval.max_length = 6
   config.eval.max_answer_length = 5
-  data = train.setup_data(config, str(tmp_path))
-  model, hf_config = train.build_model(config, data)
+  data = build.setup_data(config, str(tmp_path))
+  model, hf_config = build.build_model(config, data)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   layout = sharding.make_mesh(config.mesh)
   assert layout.data_size == 8

@@ -835,6 +835,18 @@ MAPPERS: dict[str, Mapper] = {
     'record': map_record, 'hotpot_qa': map_hotpot_qa, 'trivia_qa': map_trivia_qa,
 }
 
+# Mappers used for a dataset's evaluation split instead of its `MAPPERS` entry, where scoring
+# as the official script does needs records that training drops (see `mapper_for`).
+EVAL_MAPPERS: dict[str, Mapper] = {}
+
+
+def mapper_for(slug: str, evaluation: bool = False) -> Mapper:
+  """The mapper of dataset `slug` for training (`MAPPERS`) or evaluation (`EVAL_MAPPERS`, else
+  the training mapper)."""
+  if slug not in MAPPERS:
+    raise ValueError(f'no mapper for dataset {slug!r}; known: {sorted(MAPPERS)}')
+  return EVAL_MAPPERS.get(slug, MAPPERS[slug]) if evaluation else MAPPERS[slug]
+
 
 # ---------------------------------------------------------------------------------------------
 # Drop accounting.
@@ -857,12 +869,12 @@ class DropCounter:
     self._dropped: dict[str, collections.Counter[str]] = collections.defaultdict(
         collections.Counter)
 
-  def apply(self, slug: str, raw: dict) -> list[Example]:
-    """Maps one raw record of dataset `slug`; returns [] (and counts why) if it is bad."""
-    if slug not in MAPPERS:
-      raise ValueError(f'no mapper for dataset {slug!r}; known: {sorted(MAPPERS)}')
+  def apply(self, slug: str, raw: dict, mapper: Mapper | None = None) -> list[Example]:
+    """Maps one raw record of dataset `slug` (with `mapper`, default its training mapper);
+    returns [] (and counts why) if it is bad."""
+    mapper = mapper or mapper_for(slug)
     try:
-      examples = MAPPERS[slug](raw)
+      examples = mapper(raw)
     except BadRecord as e:
       self._drop(slug, e.reason, raw)
       return []
