@@ -3,6 +3,7 @@
   python -m bench [--shapes roberta-base,roberta-large,bart-base,bart-large] [--steps N]
                   [--rows R --length L --layers N | --tiny] [--no-torch] [--no-r3f]
                   [--dtype float32|bfloat16] [--json OUT]
+  python -m bench --resume [--json OUT]    (input pipeline only: resume, streams, workers)
 
 For each shape: one classification slot per step (a synthetic, fixed-shape batch with every
 token real), the step built by `muppet_jax.step.make_train_step` on one device, jitted with a
@@ -30,6 +31,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
+from muppet_jax import compile as compile_lib  # noqa: E402
 from muppet_jax import objective  # noqa: E402
 from muppet_jax import optim  # noqa: E402
 from muppet_jax import sharding  # noqa: E402
@@ -115,13 +117,10 @@ def _batch(s: dict, shape: BatchShape, seed: int = 0) -> dict:
 
 
 def flops_per_token(s: dict, non_embedding_params: int) -> float:
-  """Training FLOPs per token: 6 N + 6 x (attention matmuls per layer) (see README)."""
-  d, t = s['hidden'], s['length']
-  if s['model_type'] == 'roberta':
-    attention_layers = s['layers']
-  else:  # Encoder self-attention, decoder self- and cross-attention (decoder reads all tokens).
-    attention_layers = 3 * s['layers']
-  return 6.0 * non_embedding_params + 12.0 * attention_layers * d * t
+  """Training FLOPs per token: 6 N + 12 x A x d x T (see README); the same formula as the
+  `--mode compile` report's model FLOPs."""
+  return compile_lib.model_flops_per_token(s['model_type'], s['hidden'], s['layers'],
+                                           s['length'], non_embedding_params)
 
 
 def bench_jax(s: dict, args, r3f: bool) -> dict:
@@ -263,7 +262,21 @@ def main(argv=None) -> dict:
   p.add_argument('--no-r3f', action='store_true')
   p.add_argument('--pipeline-seconds', type=float, default=3.0)
   p.add_argument('--json', default='', help='write the results here')
+  p.add_argument('--resume', action='store_true',
+                 help='only the input-pipeline benchmarks (bench/input_pipeline.py): resume '
+                      'cost at 10^7 examples per stream, stream-open time, throughput with '
+                      '0/1/2 worker processes, memory of 45 tasks x 8 slots; JSON default '
+                      'bench_resume.json')
   args = p.parse_args(argv)
+  if args.resume:
+    from bench import input_pipeline  # pylint: disable=import-outside-toplevel
+    results = input_pipeline.run(args.pipeline_seconds)
+    input_pipeline.print_table(results)
+    path = args.json or 'bench_resume.json'
+    with open(path, 'w') as f:
+      json.dump(results, f, indent=1)
+    print(f'wrote {path}')
+    return results
   names = [n.strip() for n in args.shapes.split(',') if n.strip()]
   unknown = [n for n in names if n not in SHAPES]
   if unknown:

@@ -1,5 +1,6 @@
 """MUPPET pre-finetuning of BART-large on all four families (paper Table 7), with R3F.
 
+  python -m muppet_jax.data.prepare --mixture muppet_all --data_dir gs://BUCKET/tensorflow_datasets
   python -m muppet_jax.main --config configs/bart_large.py --workdir gs://BUCKET/muppet/bart_large \
       --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
 """

@@ -1,7 +1,8 @@
 """MUPPET pre-finetuning of RoBERTa-base on the encoder mixture (paper Table 8).
 
-Needs the datasets prepared by TFDS (see README "Real data") and the pretrained weights:
+Prepare the datasets once (online), then train (offline from then on):
 
+  python -m muppet_jax.data.prepare --mixture muppet_encoder --data_dir gs://BUCKET/tensorflow_datasets
   python -m muppet_jax.main --config configs/base.py --workdir gs://BUCKET/muppet/roberta_base \
       --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
 

@@ -35,7 +35,6 @@ def get_config(variant: str = 'roberta'):
   c.data.max_examples = 80  # Short examples: ~70 fit in 8 x 128 tokens.
   c.data.decoder_length = 16 if variant == 'bart' else 1  # Summaries are <= 8 tokens.
   c.data.span_stride = 32
-  c.data.shuffle_buffer = 1_000
   c.data.eval_examples = 300  # The whole demo validation split.
 
   c.eval.max_length = 16  # Demo summaries are one short sentence.

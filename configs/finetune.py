@@ -8,17 +8,43 @@
   python -m muppet_jax.main --config configs/finetune.py:rte --workdir /tmp/ft_rte \
       --config.model.init_from=/path/to/hf_dir --config.finetune.train_fraction=0.1
 
-The argument is a task name (`muppet_rte`) or a catalogue slug (`rte`). The run prints the task's
-metric on its evaluation split at the end (and writes it to metrics.jsonl).
+The argument is a task name (`muppet_rte`) or a catalogue slug (`rte`); an unknown one fails at
+once, naming the closest task names. The run prints the task's metric on its evaluation split
+at the end (and writes it to metrics.jsonl).
 """
+
+import difflib
 
 from configs import demo as demo_config
 from muppet_jax import config_lib
+from muppet_jax import errors
+from muppet_jax.data import catalogue
+from muppet_jax.data import demo as demo_data
+
+
+def task_names() -> list[str]:
+  """Every task that can be fine-tuned: the catalogue's datasets with training data, the demo's."""
+  records = [r for r in catalogue.RECORDS if r.has_training_data] + list(demo_data.RECORDS)
+  return [r.task_name for r in records]
+
+
+def _check_task(task: str) -> None:
+  known = task_names()
+  if task in known:
+    return
+  slugs = {name.removeprefix('muppet_'): name for name in known}
+  close = [slugs[s] for s in difflib.get_close_matches(task.removeprefix('muppet_'), slugs,
+                                                        n=3, cutoff=0.6)]
+  hint = f'did you mean {" or ".join(close)}?' if close else (
+      f'known tasks: {", ".join(sorted(known))}')
+  raise errors.UserError(f'configs/finetune.py: unknown task {task!r}; {hint} (pass a task '
+                         'name such as muppet_rte or its slug rte after the colon)')
 
 
 def get_config(task: str = 'muppet_demo_sentiment'):
   """Single-task config; demo tasks get the demo's CPU-sized model and schedule."""
   task = task if task.startswith('muppet_') else f'muppet_{task}'
+  _check_task(task)
   if task.startswith('muppet_demo_'):
     c = demo_config.get_config('bart' if task == 'muppet_demo_summarize' else 'roberta')
     c.train.steps = 150  # Short: the point is the comparison with and without MUPPET.

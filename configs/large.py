@@ -1,5 +1,6 @@
 """MUPPET pre-finetuning of RoBERTa-large on the encoder mixture (paper Table 8).
 
+  python -m muppet_jax.data.prepare --mixture muppet_encoder --data_dir gs://BUCKET/tensorflow_datasets
   python -m muppet_jax.main --config configs/large.py --workdir gs://BUCKET/muppet/roberta_large \
       --config.data.tfds_data_dir=gs://BUCKET/tensorflow_datasets
 

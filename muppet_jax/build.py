@@ -14,6 +14,7 @@ import seqio
 import transformers
 from flax import nnx
 
+from muppet_jax import errors
 from muppet_jax.data import tasks
 from muppet_jax.data import vocab as vocab_lib
 from muppet_jax.data.features import BatchShape, Family, TaskTable
@@ -46,7 +47,7 @@ def run_tasks(config: ml_collections.ConfigDict) -> RunTasks:
 
   Raises:
     catalogue.UnknownNameError: the mixture / task name is unknown (close matches named).
-    ValueError: summarization tasks in a RoBERTa run.
+    errors.ConfigError (a ValueError): summarization tasks in a RoBERTa run.
   """
   if config.data.mixture in seqio.TaskRegistry.names():  # One task (fine-tuning).
     mixture = [(config.data.mixture, 1.0)]
@@ -61,7 +62,7 @@ def run_tasks(config: ml_collections.ConfigDict) -> RunTasks:
                           [r.num_classes for r in records])
   summarization = [n for n, r in zip(names, records) if r.family == Family.SUMMARIZATION]
   if summarization and config.model.type != 'bart':
-    raise ValueError(
+    raise errors.ConfigError(
         f'mixture {config.data.mixture!r} has summarization tasks {summarization}, which need an '
         "encoder-decoder: use model.type='bart' or an encoder mixture such as muppet_encoder")
   return RunTasks(names=names, rates=rates, table=table)
@@ -86,8 +87,9 @@ def resolve_tokenizer(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.data.tokenizer
   if config.model.init_from:
     return config.model.init_from
-  raise ValueError("data.tokenizer is empty and model.init_from is empty: set one of them "
-                   "(or data.tokenizer='demo' for the offline demo)")
+  raise errors.ConfigError(
+      "data.tokenizer is empty and model.init_from is empty: set one of them (or "
+      "data.tokenizer='demo' for the offline demo)")
 
 
 def dropout_overrides(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -101,15 +103,22 @@ def dropout_overrides(config: ml_collections.ConfigDict) -> dict[str, float]:
 def random_init_hf_config(config: ml_collections.ConfigDict,
                           data: DataSetup) -> transformers.PretrainedConfig:
   """The backbone config of a random-init run: `config.model`'s shape, the tokenizer's ids."""
+  return shape_hf_config(config, data.vocab.vocab_size, pad_id=data.vocab.pad_id,
+                         bos_id=data.vocab.bos_id, eos_id=data.vocab.eos_id)
+
+
+def shape_hf_config(config: ml_collections.ConfigDict, tokenizer_size: int, *, pad_id: int,
+                    bos_id: int, eos_id: int) -> transformers.PretrainedConfig:
+  """`config.model`'s shape with a vocabulary of `model.vocab_size` (0: `tokenizer_size`) and
+  the given special ids; no tokenizer object needed (ahead-of-time compilation)."""
   return hf.config_from_shape(
       config.model.type, hidden_size=config.model.hidden_size,
       num_layers=config.model.num_layers, num_heads=config.model.num_heads,
       intermediate_size=config.model.intermediate_size,
       max_position_embeddings=config.model.max_position_embeddings,
-      vocab_size=config.model.vocab_size or data.vocab.vocab_size,
+      vocab_size=config.model.vocab_size or tokenizer_size,
       dropout=config.model.dropout, attention_dropout=config.model.attention_dropout,
-      pad_token_id=data.vocab.pad_id, bos_token_id=data.vocab.bos_id,
-      eos_token_id=data.vocab.eos_id)
+      pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id)
 
 
 def build_model(config: ml_collections.ConfigDict, data: DataSetup,
@@ -130,9 +139,9 @@ def build_model(config: ml_collections.ConfigDict, data: DataSetup,
                                   remat=config.model.remat, rngs=rngs,
                                   overrides=dropout_overrides(config))
     if hf_config.model_type != config.model.type:
-      raise ValueError(f'model.init_from={config.model.init_from!r} is a '
-                       f'{hf_config.model_type!r} checkpoint but model.type is '
-                       f'{config.model.type!r}')
+      raise errors.ConfigError(f'model.init_from={config.model.init_from!r} is a '
+                               f'{hf_config.model_type!r} checkpoint but model.type is '
+                               f'{config.model.type!r}: set model.type to match it')
   else:
     backbone = None
     hf_config = random_init_hf_config(config, data)
@@ -143,13 +152,20 @@ def build_model(config: ml_collections.ConfigDict, data: DataSetup,
 
 def check_fits(config, data: DataSetup, hf_config) -> None:
   """Sequence lengths and vocabulary must fit the model (clear errors instead of garbage)."""
+  check_sizes(config, data.vocab.vocab_size, hf_config)
+
+
+def check_sizes(config, tokenizer_size: int, hf_config) -> None:
+  """`check_fits` with the tokenizer's size only (no tokenizer object needed)."""
   max_pos = hf_config.max_position_embeddings
   # RoBERTa's positions start after the padding index; BART's learned positions at 0 (+2 rows).
   usable = max_pos - (hf_config.pad_token_id + 1) if config.model.type == 'roberta' else max_pos
   for key in ('length', 'decoder_length'):
     if config.data[key] > usable:
-      raise ValueError(f'data.{key}={config.data[key]} is too long for the model: '
-                       f'max_position_embeddings={max_pos} allows {usable} tokens per row')
-  if data.vocab.vocab_size > hf_config.vocab_size:
-    raise ValueError(f'the tokenizer has {data.vocab.vocab_size} tokens but the model\'s '
-                     f'vocabulary has {hf_config.vocab_size}: they do not belong together')
+      raise errors.ConfigError(
+          f'data.{key}={config.data[key]} is too long for the model: '
+          f'max_position_embeddings={max_pos} allows {usable} tokens per row; lower data.{key}')
+  if tokenizer_size > hf_config.vocab_size:
+    raise errors.ConfigError(f'the tokenizer has {tokenizer_size} tokens but the model\'s '
+                             f'vocabulary has {hf_config.vocab_size}: they do not belong '
+                             'together; set data.tokenizer to the model\'s tokenizer')

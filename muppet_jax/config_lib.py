@@ -8,7 +8,13 @@ in a key fails instead of being silently ignored.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable
+from typing import Any
+
 import ml_collections
+
+from muppet_jax import errors
 
 
 def default() -> ml_collections.ConfigDict:
@@ -32,6 +38,10 @@ def default() -> ml_collections.ConfigDict:
   c.model.vocab_size = 0  # 0: the tokenizer's vocabulary size.
   c.model.dropout = 0.1  # Hidden dropout (paper: 0.1).
   c.model.attention_dropout = 0.1  # Attention-probability dropout.
+  # Dropout of every classification and multiple-choice head (exported as HF
+  # `classifier_dropout`). 0.0 = fairseq's `pooler_dropout` default, the authors' setting;
+  # 0.1 = Hugging Face's convention.
+  c.model.head_dropout = 0.0
   c.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay param_dtype).
   c.model.param_dtype = 'float32'  # Master-weight dtype.
   c.model.remat = 'none'  # Per-layer rematerialisation: 'none', 'full' or 'dots_saveable'.
@@ -53,7 +63,10 @@ def default() -> ml_collections.ConfigDict:
   # 'heterogeneous' (each slot its own task, paper default), 'batch_homogeneous' (all slots of
   # an update share one task) or 'dataset_homogeneous' (tasks one after another).
   c.data.batching = 'heterogeneous'
-  c.data.shuffle_buffer = 10_000  # Examples in each task stream's shuffle buffer.
+  # Worker processes that build this host's sub-batches (tokenization, packing); 0 = a
+  # background thread of the training process. Each worker builds every n-th local slot, so
+  # the batches are the same for any value; raise it when one thread cannot feed the devices.
+  c.data.num_workers = 0
   c.data.eval_examples = 1_000  # Examples per task at each periodic evaluation (-1 = all).
 
   # --- Training ----------------------------------------------------------------------------
@@ -71,7 +84,13 @@ def default() -> ml_collections.ConfigDict:
   c.train.r3f.lambda_ = 1.0  # Weight of the symmetric KL term.
   c.train.r3f.eps = 1e-5  # Noise scale.
   c.train.r3f.noise = 'uniform'  # 'uniform' (U(-eps, eps)) or 'normal' (N(0, eps)).
-  c.train.r4f = False  # R4F: spectral normalisation of classification heads' out_proj.
+  # Summarization: per-token KL 'sum'med over each example's target tokens (the authors'
+  # weight) or their 'mean' (T times weaker, T = the example's real target tokens).
+  c.train.r3f.token_reduction = 'sum'
+  # Also divide the KL term by log(n) like the task loss (False: only the task loss is).
+  c.train.r3f.scale_by_log_n = False
+  # R4F: spectral normalisation of the classification and multiple-choice heads' out_proj.
+  c.train.r4f = False
 
   # --- Optimizer (paper Tables 7-8) --------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
@@ -82,7 +101,10 @@ def default() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9  # Adam beta1.
   c.optim.b2 = 0.999  # Adam beta2.
   c.optim.eps = 1e-8  # Adam epsilon.
-  c.optim.weight_decay = 0.01  # Decoupled weight decay (not on biases and LayerNorm).
+  c.optim.weight_decay = 0.01  # Decoupled weight decay (AdamW).
+  # Decay biases and LayerNorm scales too: True = fairseq's Adam (decays every parameter, the
+  # authors' setting); False = the BERT / Hugging Face convention (weights only).
+  c.optim.decay_norms_and_biases = True
   c.optim.clip_norm = 0.0  # Global gradient-norm clipping (0 = off, fairseq's default).
   c.optim.shard_moments = False  # ZeRO-1: split Adam moments over mesh.data (1/D memory each).
 
@@ -98,6 +120,9 @@ def default() -> ml_collections.ConfigDict:
   c.eval.length_penalty = 1.0  # Beam scores divided by length ** length_penalty.
   c.eval.no_repeat_ngram_size = 3  # Never repeat an n-gram of this size (0 = off).
   c.eval.early_stopping = True  # Stop a beam search once num_beams hypotheses are finished.
+  c.eval.step = -1  # --mode eval: the checkpoint step to evaluate (-1 = the newest).
+  # --mode eval: also write WORKDIR/eval_<step>_predictions/<task>.jsonl (id, prediction, gold).
+  c.eval.write_predictions = False
 
   # --- Fine-tuning (paper section 4; configs/finetune.py) ----------------------------------
   c.finetune = ml_collections.ConfigDict()
@@ -112,6 +137,16 @@ def default() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis; -1 = all (divided by mesh.model).
   c.mesh.model = 1  # Devices on the model (tensor-parallel) axis.
+
+  # --- Ahead-of-time compilation (`--mode compile`, docs/COMPILE.md) ------------------------
+  c.compile = ml_collections.ConfigDict()
+  # Target: '' = this machine's devices; a Cloud TPU accelerator type 'v4-N', 'v5e-N',
+  # 'v5p-N', 'v6e-N' or a JAX topology string such as 'v5e:8x8' (needs libtpu, no TPU).
+  c.compile.topology = ''
+  c.compile.num_slices = 1  # TPU slices of that topology joined over the data-center network.
+  c.compile.device_memory_gib = 0.0  # Memory of one device; 0 = the chip's HBM / local device's.
+  c.compile.peak_tflops = 0.0  # Peak bf16 TFLOP/s of one device (roofline); 0 = the TPU table.
+  c.compile.memory_bandwidth_gbps = 0.0  # Memory GB/s of one device (roofline); 0 = TPU table.
   return c
 
 
@@ -119,3 +154,149 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Locks the config so that assigning an unknown key raises (typos fail loudly)."""
   config.lock()
   return config
+
+
+# --- Validation ------------------------------------------------------------------------------
+
+# (field, test, what a valid value is). Checked by `validate` before any heavy work; a field a
+# config does not have (an older saved config) is skipped.
+_Rule = tuple[str, Callable[[Any], bool], str]
+_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+_RULES: tuple[_Rule, ...] = (
+    ('model.type', lambda v: v in ('roberta', 'bart'), "'roberta' or 'bart'"),
+    ('model.dtype', lambda v: v in ('float32', 'bfloat16', 'float16'),
+     "'float32', 'bfloat16' or 'float16'"),
+    ('model.param_dtype', lambda v: v in ('float32', 'bfloat16', 'float16'),
+     "'float32', 'bfloat16' or 'float16'"),
+    ('model.remat', lambda v: v in ('none', 'full', 'dots_saveable'),
+     "'none', 'full' or 'dots_saveable'"),
+    ('model.dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
+    ('model.attention_dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
+    ('model.head_dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
+    ('model.vocab_size', lambda v: _int(v) and v >= 0, '>= 0 (0 = the tokenizer size)'),
+    ('data.num_tasks', lambda v: _int(v) and (v == -1 or v >= 1), '-1 (all tasks) or >= 1'),
+    ('data.rows', lambda v: _int(v) and v >= 1, '>= 1'),
+    ('data.length', lambda v: _int(v) and v >= 8, '>= 8 tokens'),
+    ('data.max_examples', lambda v: _int(v) and v >= 1, '>= 1'),
+    ('data.max_choices', lambda v: _int(v) and v >= 2, '>= 2'),
+    ('data.decoder_length', lambda v: _int(v) and v >= 1, '>= 1'),
+    ('data.span_stride', lambda v: _int(v) and v >= 0, '>= 0 tokens'),
+    ('data.batching', lambda v: v in ('heterogeneous', 'batch_homogeneous',
+                                      'dataset_homogeneous'),
+     "'heterogeneous', 'batch_homogeneous' or 'dataset_homogeneous'"),
+    ('data.num_workers', lambda v: _int(v) and v >= 0, '>= 0'),
+    ('data.eval_examples', lambda v: _int(v) and (v == -1 or v >= 1), '-1 (all) or >= 1'),
+    ('train.steps', lambda v: _int(v) and v >= 1, '>= 1 optimizer updates'),
+    ('train.grad_accum', lambda v: _int(v) and v >= 1, '>= 1 accumulation steps'),
+    ('train.label_smoothing', lambda v: _num(v) and 0 <= v < 1, 'in [0, 1)'),
+    ('train.log_every', lambda v: _int(v) and v >= 1, '>= 1 steps'),
+    ('train.eval_every', lambda v: _int(v) and v >= 0, '>= 0 steps (0 = only at the end)'),
+    ('train.checkpoint_every', lambda v: _int(v) and v >= 1, '>= 1 steps'),
+    ('train.keep_checkpoints', lambda v: _int(v) and v >= 1, '>= 1'),
+    ('train.r3f.lambda_', lambda v: _num(v) and v >= 0, '>= 0'),
+    ('train.r3f.eps', lambda v: _num(v) and v > 0, '> 0'),
+    ('train.r3f.noise', lambda v: v in ('uniform', 'normal'), "'uniform' or 'normal'"),
+    ('train.r3f.token_reduction', lambda v: v in ('sum', 'mean'), "'sum' or 'mean'"),
+    ('train.r3f.scale_by_log_n', lambda v: isinstance(v, bool), 'True or False'),
+    ('optim.learning_rate', lambda v: _num(v) and v > 0, '> 0'),
+    ('optim.warmup_steps', lambda v: _int(v) and v >= 0, '>= 0 steps'),
+    ('optim.end_learning_rate', lambda v: _num(v) and v >= 0, '>= 0'),
+    ('optim.decay_power', lambda v: _num(v) and v > 0, '> 0'),
+    ('optim.b1', lambda v: _num(v) and 0 <= v < 1, 'in [0, 1)'),
+    ('optim.b2', lambda v: _num(v) and 0 <= v < 1, 'in [0, 1)'),
+    ('optim.eps', lambda v: _num(v) and v > 0, '> 0'),
+    ('optim.weight_decay', lambda v: _num(v) and v >= 0, '>= 0'),
+    ('optim.decay_norms_and_biases', lambda v: isinstance(v, bool), 'True or False'),
+    ('optim.clip_norm', lambda v: _num(v) and v >= 0, '>= 0 (0 = off)'),
+    ('eval.max_answer_length', lambda v: _int(v) and v >= 1, '>= 1 tokens'),
+    ('eval.num_beams', lambda v: _int(v) and v >= 1, '>= 1 (1 = greedy)'),
+    ('eval.max_length', lambda v: _int(v) and v >= 2, '>= 2 decoder tokens'),
+    ('eval.min_length', lambda v: _int(v) and v >= 0, '>= 0'),
+    ('eval.no_repeat_ngram_size', lambda v: _int(v) and v >= 0, '>= 0 (0 = off)'),
+    ('eval.step', lambda v: _int(v) and v >= -1, '-1 (the newest checkpoint) or a step >= 0'),
+    ('eval.write_predictions', lambda v: isinstance(v, bool), 'True or False'),
+    ('finetune.train_fraction', lambda v: _num(v) and 0 < v <= 1, 'in (0, 1]'),
+    ('mesh.data', lambda v: _int(v) and (v == -1 or v >= 1), '-1 (all devices) or >= 1'),
+    ('mesh.model', lambda v: _int(v) and v >= 1, '>= 1'),
+    ('compile.num_slices', lambda v: _int(v) and v >= 1, '>= 1'),
+    ('compile.device_memory_gib', lambda v: _num(v) and v >= 0, '>= 0 (0 = the chip\'s)'),
+    ('compile.peak_tflops', lambda v: _num(v) and v >= 0, '>= 0 (0 = the TPU table)'),
+    ('compile.memory_bandwidth_gbps', lambda v: _num(v) and v >= 0, '>= 0 (0 = the TPU table)'),
+)
+# Shape fields: only used (and so only checked) for a random-init model.
+_SHAPE_RULES: tuple[_Rule, ...] = tuple(
+    (f'model.{name}', lambda v: _int(v) and v >= 1, '>= 1')
+    for name in ('hidden_size', 'num_layers', 'num_heads', 'intermediate_size',
+                 'max_position_embeddings'))
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str) -> tuple[bool, Any]:
+  node = config
+  for part in key.split('.'):
+    if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+      return False, None
+    node = node[part]
+  return True, node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every field's value before any heavy work (no files, devices or network).
+
+  Raises:
+    errors.ConfigError: the first bad field, named with its value, what would be valid and
+      the override that sets it (e.g. `train.steps=-5 ... --config.train.steps=100`).
+  """
+  rules = _RULES
+  found, init_from = _lookup(config, 'model.init_from')
+  if not (found and init_from):
+    rules += _SHAPE_RULES
+  for key, ok, requirement in rules:
+    found, value = _lookup(config, key)
+    if found and not ok(value):
+      raise errors.ConfigError(f'{key}={value!r} is not valid: it must be {requirement}; fix '
+                               f'it in the config file or with --config.{key}=...')
+  found_heads, heads = _lookup(config, 'model.num_heads')
+  found_hidden, hidden = _lookup(config, 'model.hidden_size')
+  if not init_from and found_heads and found_hidden and hidden % heads:
+    raise errors.ConfigError(
+        f'model.hidden_size={hidden} is not divisible by model.num_heads={heads}: every '
+        'attention head gets hidden_size / num_heads dimensions; change one of them')
+  found_min, min_length = _lookup(config, 'eval.min_length')
+  found_max, max_length = _lookup(config, 'eval.max_length')
+  if found_min and found_max and min_length > max_length:
+    raise errors.ConfigError(f'eval.min_length={min_length} is larger than '
+                             f'eval.max_length={max_length}; lower eval.min_length')
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Every field of `config` as a dotted path ('train.r3f.eps'), sections included."""
+  keys = []
+  for name, value in config.items():
+    keys.append(prefix + name)
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += flat_keys(value, prefix + name + '.')
+  return keys
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, key: str) -> str | None:
+  """Why `--config.<key>=...` cannot be applied (None if `key` is a field of `config`).
+
+  The message names the key, the section that lacks it and the closest existing fields, e.g.
+  "Could not override config key 'train.stepz': the config has no field 'train.stepz'; did you
+  mean train.steps?".
+  """
+  found, _ = _lookup(config, key)
+  if found:
+    return None
+  parent, _, leaf = key.rpartition('.')
+  found, section = _lookup(config, parent) if parent else (True, config)
+  close = []
+  if found and isinstance(section, ml_collections.ConfigDict):  # A typo in the last part.
+    close = [f'{parent}.{k}' if parent else k
+             for k in difflib.get_close_matches(leaf, list(section.keys()), n=3, cutoff=0.6)]
+  if not close:  # A typo elsewhere in the path: the closest full paths.
+    close = difflib.get_close_matches(key, flat_keys(config), n=3, cutoff=0.75)
+  hint = f'did you mean {" or ".join(close)}?' if close else (
+      f'the top-level fields are {", ".join(config.keys())}')
+  return f"Could not override config key '{key}': the config has no field '{key}'; {hint}"

@@ -3,8 +3,8 @@
   python -m muppet_jax.export --workdir DIR --out HF_DIR [--step N]
 
 Reads `DIR/checkpoints/<step>/` (default: the newest), rebuilds the run's tokenizer, tasks and
-model from the config saved with the checkpoint (exactly as `train.py` builds them), restores the
-parameters, and writes (`transformers` PyTorch classes; every directory loads standalone with
+model from the config saved with the checkpoint (`workdir.restore`: exactly as `train.py`
+builds them), restores the parameters, and writes (`transformers` PyTorch classes; every directory loads standalone with
 `from_pretrained`, with no missing or unexpected keys):
 
   HF_DIR/                          the backbone: RobertaModel | BartForConditionalGeneration
@@ -37,27 +37,17 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-import seqio
 import transformers
 from absl import logging
-from flax import nnx
 
-from muppet_jax import build
-from muppet_jax import checkpoint as checkpoint_lib
-from muppet_jax import config_lib
-from muppet_jax import finetune
-from muppet_jax.data import tasks
-from muppet_jax.data import vocab as vocab_lib
+from muppet_jax import cli as cli_lib
+from muppet_jax import errors
+from muppet_jax import workdir as workdir_lib
 from muppet_jax.data.catalogue import DatasetRecord
-from muppet_jax.data.features import BatchShape, Family, TaskTable
+from muppet_jax.data.features import Family
 from muppet_jax.models import heads as heads_lib
 from muppet_jax.models import hf
-from muppet_jax.models import muppet
 
 HEADS_DIRNAME = 'heads'
 CHOICE_HEAD_DIRNAME = 'multiple_choice'
@@ -67,10 +57,6 @@ _SAFETENSORS = 'model.safetensors'
 
 _FAMILY_NAMES = {Family.CLASSIFICATION: 'classification', Family.MULTIPLE_CHOICE:
                  'multiple_choice', Family.SPAN: 'span', Family.SUMMARIZATION: 'summarization'}
-
-
-class ExportError(ValueError):
-  """The workdir cannot be exported (no checkpoint, unknown step, unreadable config)."""
 
 
 @dataclasses.dataclass
@@ -117,229 +103,6 @@ class ExportReport:
   task_names: list[str]
   eval_metrics: dict[str, dict[str, float]]
   eval_step: int | None
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the run
-# ---------------------------------------------------------------------------------------------
-
-
-def _checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.fspath(workdir), 'checkpoints')
-
-
-def available_steps(workdir: str) -> list[int]:
-  """Steps of the complete checkpoints in `workdir` (sorted); [] if there are none."""
-  directory = _checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return []
-  manager = ocp.CheckpointManager(
-      directory, item_names=('state', 'data', 'config'),
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
-  try:
-    return sorted(int(s) for s in manager.all_steps())
-  finally:
-    manager.close()
-
-
-def _resolve_step(workdir: str, step: int | None) -> int:
-  if not os.path.isdir(os.fspath(workdir)):
-    raise ExportError(f'workdir {workdir} does not exist')
-  steps = available_steps(workdir)
-  if not steps:
-    raise ExportError(
-        f'no checkpoints in {_checkpoint_dir(workdir)}: train first '
-        f'(python -m muppet_jax.main --config ... --workdir {workdir})')
-  if step is None:
-    return steps[-1]
-  if step not in steps:
-    raise ExportError(f'no checkpoint for step {step} in {_checkpoint_dir(workdir)}; '
-                      f'available steps: {steps}')
-  return step
-
-
-def _fill_defaults(target: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
-                   ) -> None:
-  """Adds keys the saved config lacks (written by an older version) from the defaults."""
-  for key, value in defaults.items():
-    if key not in target:
-      target[key] = copy.deepcopy(value)
-    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
-        target[key], ml_collections.ConfigDict):
-      _fill_defaults(target[key], value)
-
-
-def config_from_record(record: dict) -> tuple[ml_collections.ConfigDict, list[str]]:
-  """(the run's ConfigDict, its task names in task-id order) from a saved config record."""
-  record = dict(record)
-  task_names = [str(t) for t in record.pop('tasks')]
-  config = ml_collections.ConfigDict(record)
-  _fill_defaults(config, config_lib.default())
-  return config, task_names
-
-
-def _data_setup(config: ml_collections.ConfigDict, workdir: str,
-                task_names: Sequence[str]) -> tuple[build.DataSetup, list[DatasetRecord]]:
-  """The run's tokenizer and tasks, in the checkpoint's task order (as `build.setup_data`)."""
-  vocab = vocab_lib.HFVocabulary(build.resolve_tokenizer(config, workdir))
-  records = [tasks.record_for_task(name) for name in task_names]
-  table = TaskTable.build(task_names, [int(r.family) for r in records],
-                          [r.num_classes for r in records])
-  mixture = config.data.mixture
-  if mixture in seqio.TaskRegistry.names():  # A one-task run (fine-tuning).
-    rates_by_name = {mixture: 1.0}
-  else:
-    try:
-      rates_by_name = dict(tasks.mixture_tasks(mixture))
-    except KeyError:  # The mixture is no longer registered: rates are informative only.
-      rates_by_name = {}
-  rates = tuple(float(rates_by_name.get(name, float('nan'))) for name in task_names)
-  data = build.DataSetup(vocab=vocab, task_names=tuple(task_names), rates=rates,
-                         task_table=table, shape=BatchShape.from_config(config.data))
-  return data, records
-
-
-def hf_config_for(config: ml_collections.ConfigDict, data: build.DataSetup) -> hf.HFConfig:
-  """The backbone's `transformers` config, as `build.build_model` derives it."""
-  if config.model.init_from:
-    hf_config = transformers.AutoConfig.from_pretrained(config.model.init_from)
-    for name, value in build.dropout_overrides(config).items():
-      setattr(hf_config, name, value)
-    if hf_config.model_type != config.model.type:
-      raise ExportError(f'model.init_from={config.model.init_from!r} is a '
-                        f'{hf_config.model_type!r} checkpoint but model.type is '
-                        f'{config.model.type!r}')
-    return hf_config
-  return build.random_init_hf_config(config, data)
-
-
-@dataclasses.dataclass
-class RestoredRun:
-  """A run's model at one checkpoint, rebuilt for export or inspection."""
-
-  model: muppet.MuppetModel
-  hf_config: hf.HFConfig
-  config: ml_collections.ConfigDict
-  data: build.DataSetup
-  records: list[DatasetRecord]
-  step: int
-
-
-def _fill(abstract: nnx.State, saved: Any, what: str, directory: str, step: int) -> nnx.State:
-  """`abstract` (the rebuilt model's state) with the values of the checkpoint's `saved` tree.
-
-  Leaves are matched by their '/'-joined path (`checkpoint.path_name`), so the result does not
-  depend on how orbax nests what it reads back. Shapes must match exactly.
-  """
-  saved_flat = {checkpoint_lib.path_name(p): v
-                for p, v in jax.tree_util.tree_flatten_with_path(saved)[0]}
-  wanted = set()
-  missing, mismatched = [], []
-
-  def take(path, leaf):
-    name = checkpoint_lib.path_name(path)
-    wanted.add(name)
-    if name not in saved_flat:
-      missing.append(name)
-      return leaf
-    value = np.asarray(saved_flat[name])
-    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # RNG streams: raw key data.
-      return jax.random.wrap_key_data(jnp.asarray(value))
-    if value.shape != tuple(leaf.shape):
-      mismatched.append(f'{name}: checkpoint {value.shape} vs model {tuple(leaf.shape)}')
-      return leaf
-    return jnp.asarray(value, leaf.dtype)
-
-  filled = jax.tree_util.tree_map_with_path(take, abstract)
-  unexpected = sorted(set(saved_flat) - wanted)
-  if missing or mismatched or unexpected:
-    lines = [f'missing in checkpoint: {what}/{k}' for k in missing[:5]]
-    lines += [f'not in the rebuilt model: {what}/{k}' for k in unexpected[:5]]
-    lines += [f'{what}/{k}' for k in mismatched[:5]]
-    if any('word_embeddings' in k or 'shared' in k for k in mismatched):
-      lines.append('(a different vocabulary size: the tokenizer found now is not the one the '
-                   'run was trained with, e.g. a newer demo tokenizer; a run written by the '
-                   'current train.py records its backbone config in backbone_config.json)')
-    raise checkpoint_lib.IncompatibleCheckpointError(
-        f'checkpoint {directory}/{step} does not fit the model rebuilt from its own config '
-        f'({len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} shape '
-        'mismatches):\n  ' + '\n  '.join(lines))
-  return filled
-
-
-def _saved_hf_config(workdir: str) -> hf.HFConfig | None:
-  """The backbone config the run wrote next to its checkpoints (train.py), if any."""
-  path = os.path.join(workdir, finetune.BACKBONE_CONFIG)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return transformers.AutoConfig.for_model(**json.load(f))
-
-
-def restore_run(workdir: str, step: int | None = None) -> RestoredRun:
-  """Rebuilds the run's model from its saved config and restores checkpoint `step`.
-
-  The checkpoint is read topology-free (`checkpoint.read_checkpoint`: any device layout of the
-  writing run) and its parameters are placed into the model that `train.py` builds from the
-  saved config and task list.
-
-  Raises:
-    ExportError: no checkpoints, or no checkpoint for `step`.
-    checkpoint.IncompatibleCheckpointError: the saved parameters do not fit the rebuilt model.
-  """
-  workdir = os.fspath(workdir)
-  step = _resolve_step(workdir, step)
-  restored = checkpoint_lib.read_checkpoint(workdir, step)
-  record = restored.config
-  if not isinstance(record, dict) or 'model' not in record or 'tasks' not in record:
-    raise ExportError(f'checkpoint {_checkpoint_dir(workdir)}/{step} has no usable config '
-                      "record (expected the run's config with a 'tasks' list)")
-  config, task_names = config_from_record(record)
-  data, records = _data_setup(config, workdir, task_names)
-  hf_config = _saved_hf_config(workdir) or hf_config_for(config, data)
-  if data.vocab.vocab_size > hf_config.vocab_size:
-    raise ExportError(f'the tokenizer {data.vocab.path} has {data.vocab.vocab_size} tokens but '
-                      f'the model\'s vocabulary has {hf_config.vocab_size}: it is not the '
-                      'tokenizer the run was trained with')
-
-  # The model's structure only (no init compute or memory): the checkpoint fills the values.
-  def build():
-    rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
-    return muppet.build_model(config, hf_config, data.task_table, rngs=rngs)
-
-  graphdef, params, rest = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
-  directory = _checkpoint_dir(workdir)
-  params = _fill(params, restored.state['params'], 'params', directory, step)
-  rest = _fill(rest, restored.state.get('rest', {}), 'rest', directory, step)
-  model = nnx.merge(graphdef, params, rest)
-  return RestoredRun(model=model, hf_config=hf_config, config=config, data=data,
-                     records=records, step=step)
-
-
-def read_eval_metrics(workdir: str, max_step: int | None = None
-                      ) -> tuple[int | None, dict[str, dict[str, float]]]:
-  """The latest evaluation in `workdir/metrics.jsonl` at or before `max_step`."""
-  path = os.path.join(os.fspath(workdir), 'metrics.jsonl')
-  best_step, best = None, {}
-  if not os.path.exists(path):
-    return best_step, best
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        entry = json.loads(line)
-      except json.JSONDecodeError:  # A line cut by a crash: skip it.
-        continue
-      if 'eval' not in entry:
-        continue
-      step = int(entry.get('step', -1))
-      if max_step is not None and step > max_step:
-        continue
-      if best_step is None or step >= best_step:
-        best_step, best = step, entry['eval']
-  return best_step, best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,14 +178,19 @@ def export(workdir: str, out_dir: str, step: int | None = None) -> ExportReport:
   overwritten; a stale `out_dir/heads/` from an earlier export is replaced.
 
   Raises:
-    ExportError: `workdir` has no checkpoints, or none for `step`.
+    workdir.WorkdirError: `workdir` has no checkpoints, or none for `step`.
+    checkpoint.IncompatibleCheckpointError: the checkpoint does not fit its own config.
   """
   workdir, out_dir = os.fspath(workdir), os.fspath(out_dir)
-  run = restore_run(workdir, step)
+  run = workdir_lib.restore(workdir, step)
   model, config, data, hf_config = run.model, run.config, run.data, run.hf_config
   model_type = config.model.type
   table = data.task_table
   tokenizer = transformers.AutoTokenizer.from_pretrained(data.vocab.path)
+  # The positions the model can embed (RoBERTa: max_position_embeddings - pad_token_id - 1),
+  # so that `truncation=True` and pipelines cut long inputs to what fits, not to the size the
+  # tokenizer file may claim (e.g. 512 for a model with 128 positions).
+  tokenizer.model_max_length = hf.usable_positions(hf_config)
 
   # --- The backbone ---------------------------------------------------------------------------
   os.makedirs(out_dir, exist_ok=True)
@@ -458,6 +226,7 @@ def export(workdir: str, out_dir: str, step: int | None = None) -> ExportReport:
     labels = list(record.label_names) if len(record.label_names) == k else [
         f'LABEL_{i}' for i in range(k)]
     head_config = copy.deepcopy(hf_config)
+    head_config.classifier_dropout = float(config.model.head_dropout)  # The head's training rate.
     head_config.num_labels = k
     head_config.id2label = dict(enumerate(labels))
     head_config.label2id = {label: i for i, label in enumerate(labels)}
@@ -478,6 +247,9 @@ def export(workdir: str, out_dir: str, step: int | None = None) -> ExportReport:
                   if r.family == Family.MULTIPLE_CHOICE]
   if choice_tasks:
     head_config = copy.deepcopy(hf_config)
+    # The head's training rate. BartForSequenceClassification reads it; RobertaForMultipleChoice
+    # ignores it (its dropout is hidden_dropout_prob, shared with the backbone).
+    head_config.classifier_dropout = float(config.model.head_dropout)
     head_config.finetuning_task = 'multiple_choice'
     if model_type == 'roberta':
       architecture, num_labels = 'RobertaForMultipleChoice', 1
@@ -518,11 +290,11 @@ def export(workdir: str, out_dir: str, step: int | None = None) -> ExportReport:
                    'family': 'span', 'input_format': _input_format(model_type, Family.SPAN),
                    'output': 'start_logits, end_logits [batch, length]'})
 
-  eval_step, eval_metrics = read_eval_metrics(workdir, run.step)
+  evaluated = workdir_lib.read_eval_metrics(workdir, run.step)
   report = ExportReport(out_dir=out_dir, step=run.step, model_type=model_type,
                         backbone_class=backbone_class, heads=exported,
-                        task_names=list(data.task_names), eval_metrics=eval_metrics,
-                        eval_step=eval_step)
+                        task_names=list(data.task_names), eval_metrics=evaluated.metrics,
+                        eval_step=evaluated.step)
   with open(os.path.join(out_dir, 'README.md'), 'w') as f:
     f.write(model_card(report, run))
   logging.info('exported %s step %d to %s (%d heads)', workdir, run.step, out_dir,
@@ -541,7 +313,7 @@ def _fmt(value: Any) -> str:
   return str(value)
 
 
-def model_card(report: ExportReport, run: RestoredRun) -> str:
+def model_card(report: ExportReport, run: workdir_lib.RestoredRun) -> str:
   """The README.md of the export: model, tasks, training, metrics, how to load each head."""
   c, hc = run.config, run.hf_config
   if report.model_type == 'roberta':
@@ -614,27 +386,48 @@ def model_card(report: ExportReport, run: RestoredRun) -> str:
     lines.append('No evaluation recorded in metrics.jsonl at or before this step.')
   lines.append('')
 
+  # Every snippet runs as written in a fresh interpreter (the tests run them), long inputs
+  # included: the exported tokenizers truncate to the positions the model has.
+  hf_dir = f'HF_DIR = {os.path.abspath(report.out_dir)!r}  # this directory (or its hub id)'
   lines += [
       '## Loading',
       '',
       'Every directory loads standalone (weights, config and tokenizer files); each head '
-      f'directory also has `{HEAD_INFO_FILENAME}` (tasks, input format, outputs).',
+      f'directory also has `{HEAD_INFO_FILENAME}` (tasks, input format, outputs). The '
+      f'tokenizers\' `model_max_length` is {hf.usable_positions(hc)}, the positions the model '
+      'has: with `truncation=True` inputs of any length are cut to fit (in pairs, keep the '
+      'second text short: questions, answer options). Each snippet runs as written; replace '
+      'the `# example` lines with your own texts.',
       '',
       '```python',
       'from transformers import AutoModel, AutoTokenizer',
+      hf_dir,
       f'backbone = AutoModel.from_pretrained(HF_DIR)  # {report.backbone_class} weights',
       'tokenizer = AutoTokenizer.from_pretrained(HF_DIR)',
+      'text = "Pre-finetuning trains one model on many tasks at once."  # example input',
+      'enc = tokenizer(text, truncation=True, return_tensors="pt")',
+      'hidden = backbone(**enc).last_hidden_state  # [1, tokens, hidden]',
   ]
   if report.model_type == 'bart':
-    lines += ['# summarization / generation: the tied LM head is part of this directory',
+    lines += ['# Summarization / generation: the tied LM head is part of this directory.',
               'from transformers import BartForConditionalGeneration',
-              'generator = BartForConditionalGeneration.from_pretrained(HF_DIR)']
+              'generator = BartForConditionalGeneration.from_pretrained(HF_DIR)',
+              f'ids = generator.generate(**enc, num_beams={c.eval.num_beams}, '
+              f'max_length={c.eval.max_length})',
+              'print(tokenizer.decode(ids[0], skip_special_tokens=True))']
   lines += ['```', '']
   for head in report.heads:
-    path = f'HF_DIR/{HEADS_DIRNAME}/{head.name}'
+    head_path = f'path = HF_DIR + "/{HEADS_DIRNAME}/{head.name}"'
     lines += [f'### `{HEADS_DIRNAME}/{head.name}`: `{head.hf_class}`', '']
     if head.name == CHOICE_HEAD_DIRNAME:
       lines.append(f'The shared multiple-choice head, for {", ".join(head.tasks)}.')
+      choice_inputs = [
+          'context = "The keys were on the table when she left."  # example input',
+          'question = "Where were the keys?"  # example input',
+          'choices = ["on the table", "in her bag", "at the office"]  # example answers',
+          "first = [context + ' ' + question] * len(choices)",
+          'enc = tokenizer(first, choices, padding=True, truncation=True, return_tensors="pt")',
+      ]
       if report.model_type == 'bart':
         lines += [
             '',
@@ -645,14 +438,14 @@ def model_card(report: ExportReport, run: RestoredRun) -> str:
             'over the choices.',
             '',
             '```python',
-            'import torch',
             'from transformers import AutoTokenizer, BartForSequenceClassification',
-            f'model = BartForSequenceClassification.from_pretrained("{path}").eval()',
-            f'tokenizer = AutoTokenizer.from_pretrained("{path}")',
-            "first = [context + ' ' + question] * len(choices)",
-            'enc = tokenizer(first, choices, padding=True, return_tensors="pt")',
-            'scores = model(**enc).logits[:, 0]            # one score per choice',
-            'probs = scores.softmax(-1)',
+            hf_dir,
+            head_path,
+            'model = BartForSequenceClassification.from_pretrained(path).eval()',
+            'tokenizer = AutoTokenizer.from_pretrained(path)',
+            *choice_inputs,
+            'scores = model(**enc).logits[:, 0]  # one score per choice',
+            'print(choices[int(scores.argmax())], scores.softmax(-1).tolist())',
             '```',
         ]
       else:
@@ -660,11 +453,13 @@ def model_card(report: ExportReport, run: RestoredRun) -> str:
             '',
             '```python',
             'from transformers import AutoTokenizer, RobertaForMultipleChoice',
-            f'model = RobertaForMultipleChoice.from_pretrained("{path}").eval()',
-            f'tokenizer = AutoTokenizer.from_pretrained("{path}")',
-            "first = [context + ' ' + question] * len(choices)",
-            'enc = tokenizer(first, choices, padding=True, return_tensors="pt")',
+            hf_dir,
+            head_path,
+            'model = RobertaForMultipleChoice.from_pretrained(path).eval()',
+            'tokenizer = AutoTokenizer.from_pretrained(path)',
+            *choice_inputs,
             'logits = model(**{k: v[None] for k, v in enc.items()}).logits  # [1, choices]',
+            'print(choices[int(logits.argmax())])',
             '```',
         ]
     elif head.name == SPAN_HEAD_DIRNAME:
@@ -676,10 +471,23 @@ def model_card(report: ExportReport, run: RestoredRun) -> str:
           '',
           '```python',
           f'from transformers import AutoTokenizer, {head.hf_class}',
-          f'model = {head.hf_class}.from_pretrained("{path}").eval()',
-          f'tokenizer = AutoTokenizer.from_pretrained("{path}")',
-          'out = model(**tokenizer(question, context, return_tensors="pt"))',
-          'out.start_logits, out.end_logits',
+          hf_dir,
+          head_path,
+          f'model = {head.hf_class}.from_pretrained(path).eval()',
+          'tokenizer = AutoTokenizer.from_pretrained(path)',
+          'question = "Who wrote the report?"  # example question',
+          'context = "The report was written by the committee in May."  # example input',
+          'enc = tokenizer(question, context, truncation="only_second", return_tensors="pt")',
+          'out = model(**enc)',
+          '# Only context tokens are candidates (sequence id 1), as in training.',
+          'candidate = [i == 1 for i in enc.sequence_ids(0)]',
+          'start_logits = [x if ok else -1e9 for x, ok in zip(out.start_logits[0].tolist(), '
+          'candidate)]',
+          'end_logits = [x if ok else -1e9 for x, ok in zip(out.end_logits[0].tolist(), '
+          'candidate)]',
+          'start = max(range(len(start_logits)), key=start_logits.__getitem__)',
+          'end = max(range(start, len(end_logits)), key=end_logits.__getitem__)',
+          'print(tokenizer.decode(enc["input_ids"][0, start:end + 1]))',
           '```',
       ]
     else:
@@ -688,10 +496,15 @@ def model_card(report: ExportReport, run: RestoredRun) -> str:
           '',
           '```python',
           'from transformers import AutoModelForSequenceClassification, AutoTokenizer',
-          f'model = AutoModelForSequenceClassification.from_pretrained("{path}").eval()',
-          f'tokenizer = AutoTokenizer.from_pretrained("{path}")',
-          'logits = model(**tokenizer(text_a, text_b, return_tensors="pt")).logits',
-          'model.config.id2label[int(logits.argmax(-1))]',
+          hf_dir,
+          head_path,
+          'model = AutoModelForSequenceClassification.from_pretrained(path).eval()',
+          'tokenizer = AutoTokenizer.from_pretrained(path)',
+          'text_a = "The film was a delight from start to finish."  # example input',
+          'text_b = None  # the second text of pair tasks (e.g. an NLI hypothesis), else None',
+          'enc = tokenizer(text_a, text_b, truncation=True, return_tensors="pt")',
+          'logits = model(**enc).logits',
+          'print(model.config.id2label[int(logits.argmax(-1))])',
           '```',
       ]
     lines.append('')
@@ -707,11 +520,12 @@ def model_card(report: ExportReport, run: RestoredRun) -> str:
 
 
 def cli(workdir: str, out: str, step: int | None = None) -> ExportReport:
-  """The command line's work: export and print a summary; `SystemExit` on an ExportError."""
+  """The command line's work: export and print a summary; `SystemExit` on bad input
+  (`errors.UserError`: no checkpoint, unknown step, a checkpoint that does not fit)."""
   try:
     report = export(workdir, out, step=step)
-  except ExportError as e:
-    raise SystemExit(f'error: {e}') from None
+  except errors.UserError as e:
+    raise SystemExit(f'error: {cli_lib.one_line(e)}') from None
   print(f'exported step {report.step} of {workdir} to {report.out_dir}:')
   print(f'  {report.backbone_class}: {report.out_dir}')
   for head in report.heads:
@@ -724,7 +538,11 @@ def main(argv: Sequence[str]) -> None:
 
   if len(argv) > 1:
     raise SystemExit(f'unexpected arguments: {list(argv[1:])}')
-  cli(flags.FLAGS.workdir, flags.FLAGS.out, flags.FLAGS.step)
+  # Library chatter (orbax restoring, seqio) goes to WORKDIR/logs/export.log, not the console.
+  workdir = flags.FLAGS.workdir
+  cli_lib.setup_logging(flags.FLAGS.verbosity, cli_lib.log_path(workdir, 'export')
+                        if os.path.isdir(workdir) else None)
+  cli(workdir, flags.FLAGS.out, flags.FLAGS.step)
 
 
 def _define_flags() -> None:
@@ -739,4 +557,4 @@ if __name__ == '__main__':
   from absl import app  # pylint: disable=g-import-not-at-top
 
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli_lib.parse_flags)

@@ -4,19 +4,15 @@
 a MUPPET run: the backbone and the shared multiple-choice and span heads are copied from its
 newest checkpoint; with `finetune.reuse_head` the task's own classification head too (the
 paper re-uses pre-finetuning heads for small datasets); otherwise the head starts fresh.
-`finetune.train_fraction` trains on the first fraction of the train split (the low-resource
-study). A Hugging Face directory (e.g. one written by `muppet_jax.export`) works through
+`finetune.train_fraction` trains on the first fraction of the train split's records (the
+low-resource study; `streams.train_records`). A Hugging Face directory (e.g. one written by `muppet_jax.export`) works through
 `model.init_from` instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
-import math
 import os
-from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -26,11 +22,9 @@ from absl import logging
 from flax import nnx
 
 from muppet_jax import checkpoint as checkpoint_lib
+from muppet_jax import workdir as workdir_lib
 from muppet_jax.data import tasks
 from muppet_jax.data.features import Family, TaskTable
-
-# Written by every run next to its checkpoints: the backbone's exact `transformers` config.
-BACKBONE_CONFIG = 'backbone_config.json'
 
 
 @dataclasses.dataclass
@@ -46,19 +40,22 @@ class PreFinetuned:
 
 
 def load(workdir: str) -> PreFinetuned:
-  """Reads the newest checkpoint of a pre-finetuned run (any device topology)."""
-  restored = checkpoint_lib.read_checkpoint(workdir)
-  config_path = os.path.join(workdir, BACKBONE_CONFIG)
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f'{config_path} is missing: {workdir} was not written by '
-                            'muppet_jax.train (or by an older version)')
-  with open(config_path) as f:
-    hf_config = transformers.AutoConfig.for_model(**json.load(f))
+  """Reads the newest checkpoint of a pre-finetuned run (any device topology).
+
+  Raises:
+    workdir.WorkdirError: no checkpoint, no config record, or no backbone config.
+  """
+  saved = workdir_lib.read(workdir)
+  hf_config = workdir_lib.load_backbone_config(workdir)
+  if hf_config is None:
+    raise workdir_lib.WorkdirError(
+        f'{os.path.join(workdir, workdir_lib.BACKBONE_CONFIG)} is missing: {workdir} was not '
+        'written by muppet_jax.train (or by an older version); finetune.from_workdir must be '
+        'the workdir of a pre-finetuning run')
   params = {checkpoint_lib.path_name(p): v for p, v in
-            jax.tree_util.tree_flatten_with_path(restored.state['params'])[0]}
-  return PreFinetuned(workdir=workdir, step=restored.step, params=params,
-                      tasks=list(restored.config['tasks']), hf_config=hf_config,
-                      config=restored.config)
+            jax.tree_util.tree_flatten_with_path(saved.state['params'])[0]}
+  return PreFinetuned(workdir=workdir, step=saved.step, params=params,
+                      tasks=list(saved.task_names), hf_config=hf_config, config=saved.record)
 
 
 def adopt(config: ml_collections.ConfigDict, pre: PreFinetuned) -> ml_collections.ConfigDict:
@@ -121,20 +118,3 @@ def _classification_rows(pre: PreFinetuned) -> dict[str, int]:
     if tasks.record_for_task(task).family == Family.CLASSIFICATION:
       rows[task] = len(rows)
   return rows
-
-
-def fraction_stream(task_name: str, fraction: float, *, seed: int, shard_index: int,
-                    num_shards: int) -> Iterator[dict]:
-  """Endless shuffled epochs over the first `fraction` of a task's train split (one shard)."""
-  size = tasks.record_for_task(task_name).train_size
-  keep = max(num_shards, math.ceil(fraction * size))
-  examples = list(itertools.islice(
-      tasks.family_examples(task_name, 'train', shuffle=False, seed=seed), keep))
-  shard = examples[shard_index::num_shards]
-  if not shard:
-    raise ValueError(f'{task_name}: train_fraction={fraction} leaves no examples for shard '
-                     f'{shard_index} of {num_shards}')
-  for epoch in itertools.count():
-    order = np.random.default_rng([seed, epoch, shard_index]).permutation(len(shard))
-    for i in order:
-      yield shard[i]

@@ -55,6 +55,23 @@ def masked_mean(values: jax.Array, mask: jax.Array, axis: int | None = None) -> 
   return total / jnp.maximum(count, 1.)
 
 
+def masked_sum(values: jax.Array, mask: jax.Array, axis: int | None = None) -> jax.Array:
+  """Sum of `values` where `mask` is True (0 where nothing is valid).
+
+  Args:
+    values: any shape, e.g. `[E, T]` per-token values.
+    mask: broadcastable to `values`, bool or 0/1.
+    axis: axis to reduce (None = all). `masked_sum(kl [E, T], mask [E, T], axis=-1)` is the
+      per-example sum over valid tokens (R3F's summarization weight).
+
+  Returns:
+    `values` reduced over `axis`, in float32 or wider.
+  """
+  values = _upcast(values)
+  mask = jnp.broadcast_to(mask, values.shape)
+  return jnp.sum(jnp.where(mask > 0, values, 0.), axis=axis)
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array,
                   valid_mask: jax.Array | None = None) -> jax.Array:
   """Per-example softmax cross entropy over the valid classes.
@@ -178,7 +195,8 @@ def symmetric_kl(p_logits: jax.Array, q_logits: jax.Array, mask: jax.Array | Non
   As the authors' `_get_symm_kl` (fairseq examples/rxf): softmax / log-softmax in float32,
   `F.kl_div(..., 'sum')` in both directions; here without the batch reduction, so the caller
   gets one value per example (classification, choices; span: per start/end distribution) or per
-  token (seq2seq: take `masked_mean(kl, target_mask, axis=-1)` for one value per example).
+  token (seq2seq: `masked_sum(kl, target_mask, axis=-1)` is the authors' per-sentence weight,
+  `masked_mean` the per-token mean).
 
   Args:
     p_logits, q_logits: logits of the same shape, e.g. `[E, K]` or `[E, T, V]`.

@@ -4,13 +4,18 @@
 at one accumulation step; docs/ARCHITECTURE.md section 2):
 
     loss = masked_mean over the slot's real examples e of
-             loss_e / log(n_e)  +  lambda * symKL_e          (R3F term only when enabled)
+             loss_e / log(n_e)  +  lambda * symKL_e * s_e
+
+with the R3F term only when enabled, and s_e = 1 / log(n_e) with `train.r3f.scale_by_log_n`,
+else 1. Each choice below, the authors' code it follows and where it departs on purpose:
+docs/FIDELITY.md.
 
 - The family is a traced scalar, so the computation is a `lax.switch` with one branch per family
   the run needs (built from the task table; summarization only for BART), and one cheap branch
   returning zeros for any family id the run does not have. Only the slot's own branch runs.
   Every branch returns the same pytree of shapes; no collective is used inside a branch (the
-  step does all of them outside, DESIGN.md section 5).
+  step does all of them outside: a collective inside a branch would deadlock devices that took
+  different branches).
 - Each slot's loss is a mean over its examples, so after the step averages slots every slot
   (hence every task drawn) weighs the same: the paper's "gradients from each task are averaged
   before the model update". fairseq would instead weigh by sample size.
@@ -23,11 +28,24 @@ at one accumulation step; docs/ARCHITECTURE.md section 2):
   noise`, gradient flows into the table through the noised pass too). The symmetric KL between
   clean and noised output distributions (float32 softmax, summed over the output axis) is one
   value per example: classes / choices; span: start KL + end KL over the candidate positions;
-  summarization: per target token, then averaged over the example's real target tokens
-  (fairseq sums over all tokens, padding included; here padding is excluded). Gradients flow
-  through both passes. With R3F off no second forward is traced. R3F is applied whenever
-  `settings.r3f` is on, whatever `deterministic` is (fairseq ties it to `model.training`; here
-  the step decides by calling `slot_loss` for training and `slot_predictions` for evaluation).
+  summarization: per target token, then SUMMED over the example's real target tokens
+  (`train.r3f.token_reduction='sum'`, the default) or averaged over them ('mean', T_e times
+  weaker for an example of T_e real target tokens). 'sum' is the authors' weight:
+  label_smoothed_cross_entropy_r3f's `_get_symm_kl` sums the KL over every token of the batch
+  and divides by the number of sentences, then multiplies by sample_size = ntokens, and the
+  trainer divides the gradient by ntokens again, so per sentence the weight of the summed KL is
+  lambda. Padding target positions are excluded here (fairseq includes them: their decoder
+  states still produce logits). Gradients flow through both passes. With R3F off no second
+  forward is traced.
+- The KL term is not divided by log(n) unless `train.r3f.scale_by_log_n` (default False):
+  paper eq. 1 scales the task loss, whose value at a uniform prediction is log(n); the KL is
+  not such a loss (it is 0 for any prediction when the noise is 0), and leaving it unscaled
+  keeps lambda's meaning per unit of KL the same for every family. Relative to the unscaled
+  task loss the KL then weighs lambda * log(n) (binary 0.69, summarization 10.8); with
+  scale_by_log_n it weighs lambda for every family, as in the single-task R3F criteria.
+- R3F is applied whenever `settings.r3f` is on, whatever `deterministic` is (fairseq ties it
+  to `model.training`; here the step decides by calling `slot_loss` for training and
+  `slot_predictions` for evaluation).
 
 Randomness is a pure function of the `rng` argument (the step passes a per-slot key): it is
 split into a dropout key and a noise key; the dropout key reseeds every RNG stream of a private
@@ -53,6 +71,7 @@ from muppet_jax.models.muppet import MuppetModel
 Batch = dict[str, jax.Array]
 
 NOISE_TYPES = ('uniform', 'normal')
+TOKEN_REDUCTIONS = ('sum', 'mean')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +85,12 @@ class ObjectiveSettings:
   r3f_lambda: float = 1.0  # Weight of the term (train.r3f.lambda_).
   r3f_eps: float = 1e-5  # Noise scale (train.r3f.eps).
   r3f_noise: str = 'uniform'  # 'uniform' U(-eps, eps) or 'normal' N(0, eps) (train.r3f.noise).
+  # Summarization KL over the target tokens: 'sum' (fairseq's weight) or 'mean'
+  # (train.r3f.token_reduction).
+  r3f_token_reduction: str = 'sum'
+  # Divide the KL term by log(n) like the task loss (train.r3f.scale_by_log_n; only when
+  # loss_scaling is on).
+  r3f_scale_by_log_n: bool = False
   # Vocabulary size of the LM head; summarization logits beyond it (a padded embedding table)
   # are dropped. 0 = all logits.
   vocab_size: int = 0
@@ -78,6 +103,9 @@ class ObjectiveSettings:
       raise ValueError(f'unknown model type {self.model_type!r}')
     if self.r3f_noise not in NOISE_TYPES:
       raise ValueError(f'train.r3f.noise must be one of {NOISE_TYPES}, got {self.r3f_noise!r}')
+    if self.r3f_token_reduction not in TOKEN_REDUCTIONS:
+      raise ValueError(f'train.r3f.token_reduction must be one of {TOKEN_REDUCTIONS}, got '
+                       f'{self.r3f_token_reduction!r}')
     if not 0. <= self.label_smoothing < 1.:
       raise ValueError(f'label_smoothing must be in [0, 1), got {self.label_smoothing}')
 
@@ -90,7 +118,9 @@ class ObjectiveSettings:
     return cls(model_type=config.model.type, loss_scaling=bool(t.loss_scaling),
                label_smoothing=float(t.label_smoothing), r3f=bool(t.r3f.enabled),
                r3f_lambda=float(t.r3f.lambda_), r3f_eps=float(t.r3f.eps),
-               r3f_noise=str(t.r3f.noise), vocab_size=int(vocab_size),
+               r3f_noise=str(t.r3f.noise),
+               r3f_token_reduction=str(t.r3f.token_reduction),
+               r3f_scale_by_log_n=bool(t.r3f.scale_by_log_n), vocab_size=int(vocab_size),
                max_answer_length=int(config.eval.max_answer_length))
 
 
@@ -98,10 +128,15 @@ class ObjectiveSettings:
 class SlotMetrics:
   """Scalars (float32; float64 under jax_enable_x64) describing one slot's objective."""
 
-  loss: jax.Array  # The objective: task_loss + lambda * sym_kl (what is differentiated).
+  # The objective: task_loss + lambda * sym_kl (sym_kl / log(n) per example with
+  # scale_by_log_n), what is differentiated.
+  loss: jax.Array
   task_loss: jax.Array  # Mean over real examples of the log(n)-scaled task loss.
   unscaled_loss: jax.Array  # Mean over real examples of the raw task loss (no log(n), no R3F).
-  sym_kl: jax.Array  # Mean over real examples of the R3F symmetric KL (0 when off).
+  # Mean over real examples of the per-example R3F symmetric KL (summarization: summed or
+  # averaged over the target tokens per train.r3f.token_reduction; never log(n)-scaled; 0 when
+  # R3F is off).
+  sym_kl: jax.Array
   num_examples: jax.Array  # Real examples in the slot.
   correct: jax.Array  # Correct predictions (classification, choice; span: start and end).
 
@@ -296,7 +331,8 @@ def _summarization(model: MuppetModel, batch: Batch, noise_key: jax.Array,
     if settings.vocab_size and noised.shape[-1] > settings.vocab_size:
       noised = noised[..., :settings.vocab_size]
     per_token = losses.symmetric_kl(logits, noised)  # [R, Ld]
-    sym_kl = losses.masked_mean(per_token, out.target_mask, axis=-1)
+    reduce = losses.masked_sum if settings.r3f_token_reduction == 'sum' else losses.masked_mean
+    sym_kl = reduce(per_token, out.target_mask, axis=-1)  # [R]
   zeros = jnp.zeros_like(batch['labels'])
   return _FamilyResult(loss=_pad_rows(loss, num_examples), sym_kl=_pad_rows(sym_kl, num_examples),
                        correct=jnp.zeros_like(batch['loss_n']), label=zeros,
@@ -416,13 +452,18 @@ def slot_loss(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: T
 
   Returns:
     (loss [] float32, SlotMetrics). The loss is the masked mean over the slot's real examples
-    of `loss_e / log(n_e) + lambda * symKL_e`; 0 for a slot without real examples.
+    of `loss_e / log(n_e) + lambda * symKL_e` (`symKL_e / log(n_e)` with
+    `r3f_scale_by_log_n`); 0 for a slot without real examples.
   """
   result = _dispatch(model, batch, rng, task_table=task_table, settings=settings,
                      deterministic=deterministic, r3f=settings.r3f, predict=False)
   mask = batch['example_mask'].astype(bool)
   scaled = losses.log_n_scale(result.loss, batch['loss_n'], settings.loss_scaling)
-  per_example = scaled + settings.r3f_lambda * result.sym_kl if settings.r3f else scaled
+  per_example = scaled
+  if settings.r3f:
+    kl = losses.log_n_scale(result.sym_kl, batch['loss_n'],
+                            settings.loss_scaling and settings.r3f_scale_by_log_n)
+    per_example = scaled + settings.r3f_lambda * kl
   loss = losses.masked_mean(per_example, mask)
   metrics = SlotMetrics(
       loss=loss,

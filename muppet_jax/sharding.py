@@ -4,6 +4,10 @@ The mesh has a `data` axis (one task sub-batch per device: MUPPET's heterogeneou
 `model` axis for tensor parallelism (size 1 by default). Model code names logical axes on its
 parameters (`vocab`, `embed`, `mlp`, `heads`, `positions`, `heads_stack`); `LOGICAL_RULES` maps
 them onto mesh axes. With `mesh.model == 1` every parameter is replicated.
+
+A mesh that cannot work (more devices than there are, a `mesh.model` that does not divide a
+sharded parameter dimension) fails with an `errors.ConfigError` naming the mesh field and the
+dimension, before any array is placed.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from muppet_jax import errors
 
 DATA = 'data'
 MODEL = 'model'
@@ -81,14 +87,17 @@ def make_mesh(mesh_config, devices=None) -> MeshLayout:
   """Builds the (data, model) mesh from `config.mesh`; data = -1 takes every device left."""
   devices = list(jax.devices() if devices is None else devices)
   model = int(mesh_config.model)
-  if model < 1 or len(devices) % model:
-    raise ValueError(f'mesh.model={model} must divide the {len(devices)} devices')
   data = int(mesh_config.data)
+  if model < 1 or (data == -1 and len(devices) % model):  # -1: every device, none left over.
+    raise errors.ConfigError(
+        f'mesh.model={model} must divide the number of devices ({len(devices)}); set '
+        f'--config.mesh.model to a divisor of {len(devices)} (1 = no tensor parallelism)')
   if data == -1:
     data = len(devices) // model
   if data < 1 or data * model > len(devices):
-    raise ValueError(f'mesh.data={mesh_config.data} x mesh.model={model} needs '
-                     f'{data * model} devices; {len(devices)} are available')
+    raise errors.ConfigError(
+        f'mesh.data={mesh_config.data} x mesh.model={model} needs {data * model} devices but '
+        f'{len(devices)} are available; lower mesh.data (-1 = all devices left)')
   if data * model < len(devices):
     devices = devices[:data * model]
   grid = np.asarray(devices, dtype=object).reshape(data, model)
@@ -124,16 +133,36 @@ def logical_to_mesh_spec(names: tuple | None, ndim: int,
 
 def state_shardings(mesh: Mesh, state: nnx.State,
                     rules: dict[str, str | None] = LOGICAL_RULES) -> nnx.State:
-  """NamedSharding for every leaf of an NNX state, from its logical axis metadata."""
+  """NamedSharding for every leaf of an NNX state, from its logical axis metadata.
 
-  def one(variable):
+  Raises:
+    errors.ConfigError: a mesh axis does not divide a dimension it shards (e.g. mesh.model=3
+      and a vocabulary of 1312); every such logical dimension and size is named.
+  """
+  indivisible: dict[tuple[str, str, int], str] = {}
+
+  def one(path, variable):
     value = variable.get_value() if hasattr(variable, 'get_value') else variable.value
-    spec = logical_to_mesh_spec(_logical_names(variable), np.ndim(value), rules)
+    names = _logical_names(variable)
+    spec = logical_to_mesh_spec(names, np.ndim(value), rules)
     # A mesh axis of size 1 shards nothing: keep those parameters simply replicated.
     spec = P(*[a if a is not None and mesh.shape[a] > 1 else None for a in spec])
+    for dim, axis in enumerate(spec):
+      if axis is not None and np.shape(value)[dim] % mesh.shape[axis]:
+        key = (axis, names[dim], np.shape(value)[dim])
+        indivisible.setdefault(key, '/'.join(str(getattr(k, 'key', k)) for k in path))
     return variable.replace(NamedSharding(mesh, spec))
 
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  out = jax.tree_util.tree_map_with_path(one, state,
+                                         is_leaf=lambda x: isinstance(x, nnx.Variable))
+  if indivisible:
+    axis = next(iter(indivisible))[0]
+    dims = '; '.join(f'{name} dimension {size} (e.g. {where})'
+                     for (_, name, size), where in indivisible.items())
+    raise errors.ConfigError(
+        f'mesh.{axis}={mesh.shape[axis]} does not divide the model: {dims}; choose a '
+        f'mesh.{axis} that divides these sizes (1 = no tensor parallelism)')
+  return out
 
 
 def shard_over_data(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:

@@ -8,9 +8,10 @@ computation runs) and its gradient, and sums them. Outside the scan, one `pmean`
 gradients over devices. Every slot weighs the same (the paper: "the gradients from each task are
 averaged"); fairseq instead weighs by sample size.
 
-Two pitfalls shape the code (DESIGN.md section 5): replicated parameters are made
-device-varying with `pcast` before `grad` and `switch`, so that JAX does not insert a psum inside
-each branch; and every collective sits outside the branches and the scan.
+Two properties of `shard_map` shape the code: replicated parameters are made device-varying
+with `pcast` before `grad` and `switch`, otherwise JAX inserts a psum inside each branch (devices
+on different branches deadlock, or the gradient comes back D times too large); and every
+collective sits outside the branches and the scan.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class TrainState:
 
   step: jax.Array  # [] int32, updates done.
   params: nnx.State  # Trainable parameters (nnx.Param).
-  rest: nnx.State  # Other model state (e.g. R4F power-iteration vectors, RNG counters).
+  rest: nnx.State  # Non-trainable model state: the dropout RNG streams, BART's logits bias.
   opt_state: optax.OptState
   rng: jax.Array  # Base key; each slot's key is derived from (rng, step, slot).
 
@@ -84,7 +85,7 @@ def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
 
   def per_device(params, rest, batch, rng, step):
     """Runs on one device: batch fields are [A, 1, ...] (this device's slots)."""
-    # Make the replicated parameters device-varying before grad/switch (DESIGN.md pitfall).
+    # Make the replicated parameters device-varying before grad/switch (see the module doc).
     params = jax.tree.map(lambda p: jax.lax.pcast(p, DATA, to='varying'), params)
     rest = jax.tree.map(lambda p: jax.lax.pcast(p, DATA, to='varying'), rest)
     device = jax.lax.axis_index(DATA)

@@ -1,11 +1,15 @@
 """The MUPPET training loop, top to bottom.
 
+  0. Preflight   config values, model.init_from / data.tokenizer paths, a writable workdir, every
+                 task's splits prepared (offline, seconds); bad input is one `errors.UserError`.
   1. Mesh        devices -> (data, model) mesh; S = grad_accum x data slots per update.
   2. Data        tokenizer, the mixture's tasks and their TaskTable, this host's input pipeline.
   3. State       the model (random init or `model.init_from`), optimizer, train state.
-  4. Restore     the newest checkpoint in the workdir, if any (params, optimizer, RNG, input).
+  4. Restore     the newest readable checkpoint in the workdir, if any (params, optimizer, RNG,
+                 input); damaged newer ones are skipped with a warning and set aside.
   5. Compile     the train step, jitted once with explicit shardings and donated state.
-  6. Train       step, log, checkpoint, evaluate; SIGTERM saves a checkpoint and stops.
+  6. Train       step, log, checkpoint, evaluate; SIGTERM saves a checkpoint and stops; a failed
+                 save stops the run at the next step (`checkpoint.CheckpointSaveError`).
   7. Finish      final checkpoint and evaluation (held-out metrics per task are printed).
 
 `run(config, workdir)` is what `main.py` and notebooks call.
@@ -24,23 +28,33 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from muppet_jax import build
 from muppet_jax import checkpoint as checkpoint_lib
-from muppet_jax import evaluation
+from muppet_jax import config_lib
+from muppet_jax import errors
 from muppet_jax import finetune
 from muppet_jax import metrics_log
 from muppet_jax import objective
 from muppet_jax import optim
 from muppet_jax import sharding
 from muppet_jax import step as step_lib
+from muppet_jax import workdir as workdir_lib
 from muppet_jax.data import batching
 from muppet_jax.data import pipeline as pipeline_lib
+from muppet_jax.data import prepare
 from muppet_jax.data import sampler as sampler_lib
-from muppet_jax.data import tasks
+from muppet_jax.data import streams
+from muppet_jax.data.features import TaskTable
+from muppet_jax.eval import evaluator as evaluator_lib
+from muppet_jax.models import hf
+
+# The run's resolved config (and task list), written to the workdir at the start of every run.
+CONFIG_FILENAME = 'config.json'
 
 
 @dataclasses.dataclass
@@ -92,27 +106,38 @@ def make_pipeline(config, data: build.DataSetup, layout: sharding.MeshLayout
       data.shape, data.vocab, data.task_table, model_type=config.model.type,
       span_stride=config.data.span_stride)
   sampler = sampler_lib.TaskSampler(data.rates, seed=config.seed,
-                                    strategy=config.data.batching)
-
-  def stream_factory(task_name: str, shard_index: int, num_shards: int):
-    if config.finetune.train_fraction < 1.0:
-      return finetune.fraction_stream(task_name, config.finetune.train_fraction,
-                                      seed=config.seed, shard_index=shard_index,
-                                      num_shards=num_shards)
-    return tasks.family_examples(
-        task_name, 'train', shuffle=True, seed=config.seed, shard_index=shard_index,
-        num_shards=num_shards, repeat=True, shuffle_buffer_size=config.data.shuffle_buffer)
-
+                                    strategy=config.data.batching,
+                                    total_steps=config.train.steps)
+  factory = streams.TrainStreamFactory(
+      data.task_names, seed=config.seed,
+      data_dir=prepare.resolve_data_dir(config.data.tfds_data_dir),
+      fraction=config.finetune.train_fraction)
   return pipeline_lib.InputPipeline(
-      data.task_names, data.rates, data.task_table, builder, sampler,
-      stream_factory=stream_factory, slots=local_slots, num_slots=accum * devices,
-      seed=config.seed)
+      data.task_names, data.task_table, builder, sampler, stream_factory=factory,
+      slots=local_slots, num_slots=accum * devices, num_workers=config.data.num_workers)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   """Trains (or resumes) the run described by `config` in `workdir`."""
   workdir = os.fspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+
+  # ----- 0. Preflight -------------------------------------------------------------------------
+  # Bad config values and a model.init_from / data.tokenizer path that does not exist fail
+  # first, with one `errors.UserError` each (no file, device or network touched yet).
+  config_lib.validate(config)
+  hf.check_source(config.model.init_from, 'model.init_from')
+  if config.data.tokenizer not in ('', 'demo'):
+    hf.check_source(config.data.tokenizer, 'data.tokenizer', need_config=False)
+  # Before any mesh, model or thread: every task's train and validation splits must be prepared
+  # (offline, seconds; training never downloads), otherwise one error lists them all with the
+  # prepare command. Fine-tuning from a workdir adopts that run's model type later (2. Data),
+  # so its task list is taken here without the encoder-only family check.
+  tasks_config = config
+  if config.finetune.from_workdir:
+    tasks_config = config.copy_and_resolve_references()
+    tasks_config.model.type = 'bart'
+  prepare.preflight(build.run_tasks(tasks_config).names, config.data.tfds_data_dir)
+  _make_workdir(workdir)
 
   # ----- 1. Mesh ------------------------------------------------------------------------------
   layout = sharding.make_mesh(config.mesh)
@@ -129,32 +154,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     config = finetune.adopt(config, pre_finetuned)
   data = build.setup_data(config, workdir)
   pipeline = make_pipeline(config, data, layout)
-  logging.info('%d tasks: %s', len(data.task_names),
-               ', '.join(f'{n} ({r:.3f})' for n, r in zip(data.task_names, data.rates)))
+  logging.info('%d tasks (share of the slots): %s', len(data.task_names), ', '.join(
+      f'{n} {100 * r / sum(data.rates):.1f}%' for n, r in zip(data.task_names, data.rates)))
 
   # ----- 3. State -----------------------------------------------------------------------------
   model, hf_config = build.build_model(
       config, data, hf_config=pre_finetuned.hf_config if pre_finetuned else None)
   if jax.process_index() == 0:  # Export and fine-tuning rebuild the exact backbone from it.
-    hf_config.to_json_file(os.path.join(workdir, finetune.BACKBONE_CONFIG))
+    workdir_lib.save_backbone_config(workdir, hf_config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   if pre_finetuned is not None:
     params = finetune.transfer(params, pre_finetuned, data.task_table,
                                reuse_head=config.finetune.reuse_head)
-  tx = optim.build(config.optim, config.train.steps)
-  schedule = optim.learning_rate_schedule(config.optim, config.train.steps)
-  settings = objective.ObjectiveSettings.from_config(config, data.vocab.vocab_size)
-  state = step_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
-      rng=jax.random.key_data(jax.random.key(config.seed + 2)))
-  state_sharding = _state_sharding(layout, state, tx, bool(config.optim.shard_moments))
+  program = step_program(config, graphdef, data.task_table, data.vocab.vocab_size)
+  settings = program.settings
+  state = initial_state(config, params, rest, program.tx)
+  state_sharding = state_shardings(layout, state, program.tx, bool(config.optim.shard_moments))
   state = sharding.put_global(state, state_sharding)
 
   # ----- 4. Restore ---------------------------------------------------------------------------
   checkpointer = checkpoint_lib.Checkpointer(
       workdir, keep=config.train.keep_checkpoints, save_every=config.train.checkpoint_every)
   config_record = _config_record(config, data)
-  if checkpointer.latest_step() is not None:
+  if jax.process_index() == 0:  # The resolved config, readable without opening a checkpoint.
+    with open(os.path.join(workdir, CONFIG_FILENAME), 'w') as f:
+      json.dump(config_record, f, indent=2)
+  if checkpointer.latest_step() is not None:  # The newest readable one (damaged ones skipped).
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
     restored = checkpointer.restore(abstract, config_record)
@@ -162,27 +187,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     pipeline.restore(restored.data_state)
     logging.info('resumed from %s at step %d', checkpointer.directory, restored.step)
   start_step = int(state.step)
+  if start_step < config.train.steps:
+    logging.info('training steps %d-%d (the first one compiles the train step)',
+                 start_step + 1, config.train.steps)
 
   # ----- 5. Compile ---------------------------------------------------------------------------
-  train_step = jax.jit(
-      step_lib.make_train_step(graphdef, tx, schedule, data.task_table, settings, layout.mesh),
-      in_shardings=(state_sharding, layout.batch_sharding),
-      out_shardings=(state_sharding, layout.replicated),
-      donate_argnums=0)
-  eval_runner = evaluation.Evaluator(graphdef=graphdef, data=data, config=config,
-                                     layout=layout, settings=settings, hf_config=hf_config)
+  train_step = jit_train_step(program, layout, state_sharding)  # `--mode compile` compiles it.
+  eval_runner = evaluator_lib.Evaluator(graphdef=graphdef, data=data, config=config,
+                                        layout=layout, settings=settings, hf_config=hf_config)
 
   # ----- 6. Train -----------------------------------------------------------------------------
   logger = metrics_log.MetricsLogger(workdir, total_steps=config.train.steps,
                                      is_chief=jax.process_index() == 0, resume_step=start_step)
   # On CPU, collective programs dispatched back to back can time out in the rendezvous
-  # (DESIGN.md pitfall): wait for each step there. Elsewhere, sync only at log steps.
+  # (a known XLA CPU limitation): wait for each step there. Elsewhere, sync only at log steps.
   block_every_step = jax.default_backend() == 'cpu'
   losses, eval_metrics = [], {}
   window = _Window(len(data.task_names))
   preempted = False
   step = start_step
-  with _Preemption() as preemption:
+  # The pipeline's thread or worker processes stop when the loop ends, also on an error.
+  with _Preemption() as preemption, pipeline:
     while step < config.train.steps:
       local = pipeline.next_batch(step)
       batch = sharding.global_batch(layout, _as_slots(local, accum))
@@ -191,6 +216,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       if block_every_step:
         jax.block_until_ready(metrics.loss)
       window.add(metrics)
+      if step == start_step + 1:  # Compiled and run once: the ETA counts steps from here.
+        jax.block_until_ready(metrics.loss)
+        logger.start_clock(step)
+      checkpointer.poll()  # A failed asynchronous save stops the run here, naming the cause.
       if step % config.train.log_every == 0 or step == config.train.steps:
         record = window.flush(data.task_names)
         losses.append(record['loss'])
@@ -210,16 +239,48 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
         logger.write(step, {'eval': eval_metrics})
 
   # ----- 7. Finish ----------------------------------------------------------------------------
-  pipeline.close()
   checkpointer.wait()
   if not preempted:
-    eval_metrics = eval_runner.run(state.params, state.rest)
-    logger.write(step, {'eval': eval_metrics})
-    evaluation.print_summary(eval_metrics, step)
+    done = _evaluated_before(workdir, step, start_step)
+    if done is not None:  # A finished run re-run: its final evaluation is already logged.
+      eval_metrics = done
+    else:
+      eval_metrics = eval_runner.run(state.params, state.rest)
+      logger.write(step, {'eval': eval_metrics})
+    evaluator_lib.print_summary(eval_metrics, step)
   checkpointer.close()
   logger.close()
   return RunResult(step=step, preempted=preempted, losses=losses,
                    eval_metrics=eval_metrics)
+
+
+def _evaluated_before(workdir: str, step: int, start_step: int) -> dict | None:
+  """The logged metrics of the evaluation at `step` when this invocation trained no step (a
+  finished run started again), so that it is not evaluated and logged twice; else None.
+
+  Process 0 reads metrics.jsonl (it writes it) and every process takes its answer: evaluation
+  is a collective program, all processes must run it or none.
+  """
+  if step != start_step:
+    return None
+  found = workdir_lib.EvalRecord(step=None, metrics={})
+  if jax.process_index() == 0:
+    found = workdir_lib.read_eval_metrics(workdir, step)
+  done = found.step == step
+  if jax.process_count() > 1:
+    done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
+  return found.metrics if done else None
+
+
+def _make_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise errors.UserError(f'cannot create the workdir {workdir}: {e}; choose a writable '
+                           '--workdir') from e
+  if not os.access(workdir, os.W_OK):
+    raise errors.UserError(f'the workdir {workdir} is not writable; choose a writable '
+                           '--workdir or fix its permissions')
 
 
 def _global_pipeline_state(pipeline: pipeline_lib.InputPipeline) -> dict:
@@ -236,10 +297,47 @@ def _global_pipeline_state(pipeline: pipeline_lib.InputPipeline) -> dict:
   return pipeline_lib.merge_states(states)
 
 
-def _state_sharding(layout: sharding.MeshLayout, state: step_lib.TrainState, tx,
-                    shard_moments: bool):
+# --- Stages 3 (State) and 5 (Compile), shared with `--mode compile` (muppet_jax/compile.py) ---
+
+
+@dataclasses.dataclass(frozen=True)
+class StepProgram:
+  """Everything the train step is built from besides the state."""
+
+  graphdef: nnx.GraphDef  # The model's static structure (`nnx.split(model, nnx.Param, ...)`).
+  tx: optax.GradientTransformation  # `optim.build(config.optim, config.train.steps)`.
+  schedule: optax.Schedule  # Learning rate per update (logged with the metrics).
+  settings: objective.ObjectiveSettings  # Loss scaling, R3F, label smoothing.
+  task_table: TaskTable  # The run's tasks: heads, families, class counts.
+
+
+def step_program(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
+                 task_table: TaskTable, vocab_size: int) -> StepProgram:
+  """The optimizer, schedule and objective of `config` around the model graph `graphdef`.
+
+  `vocab_size` is the tokenizer's (summarization logits beyond it are dropped).
+  """
+  return StepProgram(
+      graphdef=graphdef, tx=optim.build(config.optim, config.train.steps),
+      schedule=optim.learning_rate_schedule(config.optim, config.train.steps),
+      settings=objective.ObjectiveSettings.from_config(config, vocab_size),
+      task_table=task_table)
+
+
+def initial_state(config: ml_collections.ConfigDict, params: nnx.State, rest: nnx.State,
+                  tx: optax.GradientTransformation) -> step_lib.TrainState:
+  """The state before the first update. Under `jax.eval_shape` (with abstract `params` and
+  `rest`) it is the abstract state that ahead-of-time compilation lowers with."""
+  return step_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(config.seed + 2)))
+
+
+def state_shardings(layout: sharding.MeshLayout, state: step_lib.TrainState, tx,
+                    shard_moments: bool) -> step_lib.TrainState:
   """Parameters from their logical axes; the optimizer's moments like their parameters (and
-  over `data` too with `optim.shard_moments`); everything else replicated."""
+  over `data` too with `optim.shard_moments`); everything else replicated. `state` may be
+  concrete or abstract (only shapes are read)."""
   replicated = layout.replicated
   params = sharding.state_shardings(layout.mesh, state.params)
   return step_lib.TrainState(
@@ -248,6 +346,20 @@ def _state_sharding(layout: sharding.MeshLayout, state: step_lib.TrainState, tx,
       opt_state=sharding.optimizer_state_shardings(tx, state.opt_state, params, replicated,
                                                    shard_moments=shard_moments),
       rng=replicated)
+
+
+_state_sharding = state_shardings  # Old private name (tests).
+
+
+def jit_train_step(program: StepProgram, layout: sharding.MeshLayout,
+                   state_sharding: step_lib.TrainState):
+  """The train step `(state, batch [A, D, ...]) -> (state, metrics)`, jitted with explicit
+  shardings (state as `state_sharding`, batch over `data`, metrics replicated) and the state
+  donated, so that its buffers are reused for the new state (no second copy in memory)."""
+  step = step_lib.make_train_step(program.graphdef, program.tx, program.schedule,
+                                  program.task_table, program.settings, layout.mesh)
+  return jax.jit(step, in_shardings=(state_sharding, layout.batch_sharding),
+                 out_shardings=(state_sharding, layout.replicated), donate_argnums=0)
 
 
 def _as_slots(local: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:

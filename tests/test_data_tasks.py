@@ -1,29 +1,28 @@
 """Tests of data/catalogue.py, data/hf_builders.py and data/tasks.py.
 
-TFDS data cannot be downloaded here, so the pipeline is tested under `tfds.testing.mock_data`:
-random examples in each builder's real feature structure. Random values make most MRC and
-several multiple-choice records unmappable, so these tests check the plumbing (every task
-iterates through seqio, bad records are counted, whatever comes out is well-formed family
-format); the mappers' semantics are tested on hand-written records in test_preprocessors.py,
-and a few hand-written records are pushed through the whole seqio pipeline here.
+TFDS data cannot be downloaded here, so seqio's tf.data view of the registry is tested under
+`tfds.testing.mock_data`: random examples in each builder's real feature structure. Random
+values make most MRC and several multiple-choice records unmappable, so these tests check the
+plumbing (every task iterates through seqio, whatever comes out is well-formed family format);
+the mappers' semantics are tested on hand-written records in test_preprocessors.py, the grain
+streams that training and evaluation read in test_streams.py.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 import numpy as np
 import pytest
 import seqio
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from muppet_jax.data import catalogue
 from muppet_jax.data import demo
 from muppet_jax.data import hf_builders
+from muppet_jax.data import preprocessors
+from muppet_jax.data import streams
 from muppet_jax.data import tasks
 from muppet_jax.data.features import Family
 
@@ -36,8 +35,8 @@ PAPER_ORDER = (
     'hellaswag', 'race', 'commonsense_qa', 'cosmos_qa', 'arc_easy', 'arc_challenge', 'sciq',
     'squad', 'natural_questions', 'drop', 'record', 'hotpot_qa', 'trivia_qa')
 
-# Split names that differ from ('train', 'validation'), from CATALOGUE.md. TFDS split names are
-# not knowable offline (no dataset_info.json in the wheel), so they are pinned here.
+# Split names that differ from ('train', 'validation'), from the datasets' TFDS pages. TFDS
+# split names are not knowable offline (no dataset_info.json in the wheel), so they are pinned.
 IRREGULAR_SPLITS = {
     'superglue': ('', ''),
     'mnli': ('train', 'validation_matched'),
@@ -51,7 +50,7 @@ IRREGULAR_SPLITS = {
     'drop': ('train', 'dev'),
 }
 
-METRICS = {'accuracy', 'mcc', 'f1_accuracy', 'multirc', 'squad', 'record', 'rouge'}
+METRICS = {'accuracy', 'mcc', 'f1_accuracy', 'cb', 'multirc', 'squad', 'record', 'drop', 'rouge'}
 TRAINABLE = tuple(r for r in catalogue.RECORDS if r.has_training_data)
 MOCK_EXAMPLES = 3
 
@@ -60,8 +59,8 @@ def _assert_family_example(example: dict[str, Any], record: catalogue.DatasetRec
   """Exactly the family's keys, python types, labels and spans in range."""
   expected = set(tasks.example_signature(record))
   assert set(example) == expected, (record.slug, example)
-  if tasks.GROUP_FIELD in expected:
-    assert isinstance(example[tasks.GROUP_FIELD], str) and example[tasks.GROUP_FIELD]
+  if preprocessors.GROUP_FIELD in expected:
+    assert isinstance(example[preprocessors.GROUP_FIELD], str) and example[preprocessors.GROUP_FIELD]
   if record.family == Family.CLASSIFICATION:
     assert isinstance(example['text_a'], str) and isinstance(example['text_b'], str)
     assert isinstance(example['label'], int) and 0 <= example['label'] < record.num_classes
@@ -126,7 +125,7 @@ def test_record_fields_are_consistent(record):
   if record.family == Family.SUMMARIZATION:
     assert record.metric == 'rouge'
   if record.family == Family.SPAN:
-    assert record.metric in ('squad', 'record')
+    assert record.metric in ('squad', 'record', 'drop')
 
 
 def test_label_orders_of_the_tricky_datasets():
@@ -287,13 +286,13 @@ def test_unknown_names_are_clear():
     tasks.get_task('muppet_rtee')
   assert "unknown task 'muppet_rtee'" in str(info.value) and 'muppet_rte' in str(info.value)
   with pytest.raises(tasks.UnknownNameError, match="unknown task 'muppet_nope'"):
-    next(tasks.family_examples('muppet_nope', 'train', shuffle=False, seed=0))
+    streams.eval_examples('muppet_nope')
   with pytest.raises(tasks.UnknownNameError, match='muppet_all'):
     tasks.mixture_tasks('muppet_al')
   with pytest.raises(KeyError, match='muppet_superglue'):
     tasks.record_for_task('muppet_superglue')
   with pytest.raises(ValueError, match="not 'test'"):
-    next(tasks.family_examples('muppet_rte', 'test', shuffle=False, seed=0))
+    streams.open_source(catalogue.get('rte'), 'test')
 
 
 def test_registration_is_idempotent():
@@ -333,101 +332,9 @@ def test_every_task_iterates_under_mock_data(record):
         _assert_family_example(example, record)
 
 
-def test_drop_counter_counts_bad_mock_records():
-  with tfds.testing.mock_data(num_examples=4):
-    before = tasks.drop_counts().get('squad', {'dropped': {}})['dropped']
-    examples = list(tasks.family_examples('muppet_squad', 'train', shuffle=False, seed=0))
-  after = tasks.drop_counts()['squad']['dropped']
-  # Random contexts almost never contain the random answer.
-  assert sum(after.values()) - sum(before.values()) == 4 - len(examples)
-  assert examples or 'answer not found in context' in after
-
-
-def test_family_examples_shards_repeat_and_shuffle():
-  with tfds.testing.mock_data(num_examples=12):
-    def texts(**kwargs):
-      return [e['text_a'] for e in tasks.family_examples('muppet_rte', 'train', **kwargs)]
-
-    full = texts(shuffle=False, seed=0)
-    assert len(full) == 12
-    shards = [texts(shuffle=False, seed=0, shard_index=i, num_shards=3) for i in range(3)]
-    assert sorted(sum(shards, [])) == sorted(full)
-    assert all(len(s) == 4 for s in shards)
-    assert texts(shuffle=True, seed=3) == texts(shuffle=True, seed=3)
-    assert sorted(texts(shuffle=True, seed=3)) == sorted(full)
-    stream = tasks.family_examples('muppet_rte', 'train', shuffle=True, seed=1, repeat=True)
-    repeated = [next(stream)['text_a'] for _ in range(30)]
-    stream.close()
-    assert set(repeated) == set(full)
-    with pytest.raises(ValueError, match='shard_index'):
-      texts(shuffle=False, seed=0, shard_index=3, num_shards=3)
-
-
-def _hand_written_as_dataset(rows_by_builder: dict[str, dict[str, list[dict]]],
-                             requested: list[tuple[str, str]]):
-  """A mock `_as_dataset` serving hand-written records in the builder's decoded structure."""
-
-  def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
-    del decoders, read_config, kwargs
-    name = self.name + (f'/{self.builder_config.name}' if self.builder_config else '')
-    requested.append((name, str(split)))
-    spec = self.info.features.get_tensor_spec()
-
-    def generate():
-      for row in rows_by_builder[name][str(split)]:
-        # Nested sequences (RACE options) decode as ragged tensors.
-        yield {k: tf.ragged.constant(v, dtype=spec[k].dtype, ragged_rank=spec[k].ragged_rank)
-               if isinstance(spec[k], tf.RaggedTensorSpec) else v for k, v in row.items()}
-
-    return tf.data.Dataset.from_generator(generate, output_signature=spec)
-
-  return as_dataset
-
-
-def test_hand_written_records_through_the_whole_pipeline():
-  """Real-format records: split mapping, both RACE configs, flattening, spans, family format."""
-  squad_row = {'id': 'q1', 'title': 'T', 'question': 'Where is the cat?',
-               'context': 'The cat sat on the mat.',
-               'answers': {'text': ['on the mat'], 'answer_start': [12]}}
-
-  def race_row(article: str, n: int) -> dict:
-    return {'example_id': article, 'article': f'{article} text.',
-            'questions': [f'{article} q{i}?' for i in range(n)],
-            'options': [['a', 'b', 'c', 'd'] for _ in range(n)],
-            'answers': ['B'] * n}
-
-  rows = {
-      'squad/v1.1': {'train': [squad_row], 'validation': [squad_row]},
-      'race/high': {'train': [race_row('high', 2)], 'dev': [race_row('highdev', 1)]},
-      'race/middle': {'train': [race_row('middle', 3)], 'dev': []},
-      'glue/mnli': {'validation_matched': [
-          {'idx': 0, 'premise': 'A man sleeps.', 'hypothesis': 'A man rests.', 'label': 0}]},
-  }
-  requested = []
-  with tfds.testing.mock_data(as_dataset_fn=_hand_written_as_dataset(rows, requested)):
-    squad = list(tasks.family_examples('muppet_squad', 'validation', shuffle=False, seed=0))
-    race = list(tasks.family_examples('muppet_race', 'train', shuffle=False, seed=0))
-    race_shuffled = list(tasks.family_examples('muppet_race', 'train', shuffle=True, seed=0))
-    race_dev = list(tasks.family_examples('muppet_race', 'validation', shuffle=False, seed=0))
-    mnli = list(tasks.family_examples('muppet_mnli', 'validation', shuffle=False, seed=0))
-  assert squad == [{'context': 'The cat sat on the mat.', 'question': 'Where is the cat?',
-                    'answer_start': 12, 'answer_end': 22, 'answers': ['on the mat']}]
-  assert [e['question'] for e in race] == ['high q0?', 'high q1?', 'middle q0?', 'middle q1?',
-                                           'middle q2?']
-  assert sorted(e['question'] for e in race_shuffled) == sorted(e['question'] for e in race)
-  assert all(e['choices'] == ['a', 'b', 'c', 'd'] and e['label'] == 1 for e in race)
-  assert [e['question'] for e in race_dev] == ['highdev q0?']
-  assert mnli == [{'text_a': 'A man sleeps.', 'text_b': 'A man rests.', 'label': 0}]
-  assert ('race/high', 'dev') in requested and ('race/middle', 'dev') in requested
-  assert ('glue/mnli', 'validation_matched') in requested
-  for record, examples in ((catalogue.get('squad'), squad), (catalogue.get('race'), race)):
-    for example in examples:
-      _assert_family_example(example, record)
-
-
 def test_malformed_mapper_output_fails_loudly():
   record = catalogue.get('rte')
-  check = tasks._check_family_example  # pylint: disable=protected-access
+  check = tasks.check_family_example
   with pytest.raises(ValueError, match='label 5 not in'):
     check({'text_a': 'a', 'text_b': 'b', 'label': 5}, record)
   with pytest.raises(ValueError, match='lacks'):
@@ -446,36 +353,6 @@ def test_hf_builders_work_under_mock_data():
       assert builder.name == name
       rows = list(tfds.load(hf_builders.tfds_name(source), split='train').as_numpy_iterator())
       assert len(rows) == 2 and set(rows[0]) == set(builder.info.features)
-
-
-def test_hf_builder_prepares_through_the_hub_loader(tmp_path, monkeypatch):
-  """download_and_prepare with a stand-in `datasets`; then the seqio task reads real files."""
-  rows = {'train': [{'text': 'a fine film', 'label': 1}, {'text': 'dull', 'label': 0}],
-          'validation': [{'text': 'ok', 'label': 1}], 'test': [{'text': 'meh', 'label': 0}]}
-  calls = []
-
-  def load_dataset(dataset_id, config, split, revision=None):
-    calls.append((dataset_id, config, split, revision))
-    if revision is None:  # As datasets >= 4 answers for a repository with a loading script.
-      raise RuntimeError('Dataset scripts are no longer supported, but found x.py')
-    return rows[split]
-
-  monkeypatch.setitem(sys.modules, 'datasets', types.SimpleNamespace(load_dataset=load_dataset))
-  builder = tfds.builder(hf_builders.tfds_name('hf:cornell-movie-review-data/rotten_tomatoes'),
-                         data_dir=str(tmp_path))
-  builder.download_and_prepare()
-  assert builder.info.splits['train'].num_examples == 2
-  assert ('cornell-movie-review-data/rotten_tomatoes', None, 'train',
-          'refs/convert/parquet') in calls
-  seqio.set_tfds_data_dir_override(str(tmp_path))
-  try:
-    examples = list(tasks.family_examples('muppet_rotten_tomatoes', 'train', shuffle=False,
-                                          seed=0))
-  finally:
-    seqio.set_tfds_data_dir_override(None)
-  assert sorted(examples, key=lambda e: e['label']) == [
-      {'text_a': 'dull', 'text_b': '', 'label': 0},
-      {'text_a': 'a fine film', 'text_b': '', 'label': 1}]
 
 
 def test_to_python_decodes_recursively():

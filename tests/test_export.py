@@ -1,16 +1,19 @@
 """Export: a tiny demo run -> Hugging Face directories that `transformers` (PyTorch) loads.
 
-A tiny RoBERTa demo run and a tiny BART demo run are trained in-process (3 updates), exported,
-and every exported directory is loaded with `from_pretrained(..., output_loading_info=True)`
-(no missing or unexpected keys). Real demo validation examples, laid out by our batching
-(`SubBatchBuilder`), go through our model's family forwards and through the `transformers`
-task models; logits must agree within 1e-4. Each example is compared twice: our forward on the
-packed training-layout sub-batch, and on unpacked one-example rows with HF-style right padding
-(the inputs the PyTorch model gets).
+The shared tiny RoBERTa demo run (`trained_demo_workdir`, tests/conftest.py) and a tiny BART
+demo run trained here in-process (3 updates) are exported, and every exported directory is
+loaded with `from_pretrained(..., output_loading_info=True)` (no missing or unexpected keys).
+The exported tokenizers truncate long inputs to the model's positions, and the model card's
+snippets run as written, long inputs included. Real demo validation examples, laid out by our
+batching (`SubBatchBuilder`), go through our model's family forwards and through the
+`transformers` task models; logits must agree within 1e-4. Each example is compared twice: our
+forward on the packed training-layout sub-batch, and on unpacked one-example rows with HF-style
+right padding (the inputs the PyTorch model gets).
 """
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -21,10 +24,12 @@ import pytest
 import torch
 import transformers
 
+import conftest
 from configs import demo as demo_config
 from muppet_jax import checkpoint as checkpoint_lib
 from muppet_jax import export
 from muppet_jax import train
+from muppet_jax import workdir as workdir_lib
 from muppet_jax.data import batching
 from muppet_jax.data import demo
 from muppet_jax.data import tasks
@@ -49,6 +54,8 @@ def _tiny_config(variant: str):
   config.model.num_layers = 1
   config.model.num_heads = 2
   config.model.intermediate_size = 64
+  # Neither fairseq's 0.0 nor HF's 0.1: the exported heads' classifier_dropout must carry it.
+  config.model.head_dropout = 0.25
   # Large steps (Adam moves every parameter by ~lr per update), so that after 3 updates the
   # heads are far from their tiny init and logits vary well beyond the comparison tolerance.
   config.optim.learning_rate = 3e-2
@@ -57,19 +64,24 @@ def _tiny_config(variant: str):
   return config
 
 
+def _export(workdir: str, out: str) -> dict:
+  report = export.export(workdir, out)
+  run = workdir_lib.restore(workdir)
+  return {'workdir': workdir, 'out': out, 'report': report, 'run': run}
+
+
 def _train_and_export(tmp_path_factory, variant: str) -> dict:
   base = tmp_path_factory.mktemp(f'export_{variant}')
   workdir, out = str(base / 'run'), str(base / 'hf')
   result = train.run(_tiny_config(variant), workdir)
   assert result.step == 3
-  report = export.export(workdir, out)
-  run = export.restore_run(workdir)
-  return {'workdir': workdir, 'out': out, 'report': report, 'run': run}
+  return _export(workdir, out)
 
 
 @pytest.fixture(scope='module')
-def roberta_export(tmp_path_factory):
-  return _train_and_export(tmp_path_factory, 'roberta')
+def roberta_export(trained_demo_workdir, tmp_path_factory):
+  """The shared trained demo run (the RoBERTa form of `_tiny_config`), exported."""
+  return _export(trained_demo_workdir, str(tmp_path_factory.mktemp('export_roberta') / 'hf'))
 
 
 @pytest.fixture(scope='module')
@@ -176,7 +188,8 @@ def _assert_close(kind: str, ours, theirs) -> None:
 
 def _check_restored_params(workdir: str, run) -> None:
   """The export's model holds exactly the checkpoint's parameters (read independently)."""
-  raw = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '3', 'state'))
+  raw = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(run.step), 'state'))
   saved = {checkpoint_lib.path_name(p): np.asarray(v)
            for p, v in jax.tree_util.tree_flatten_with_path(raw['params'])[0]}
   from flax import nnx  # pylint: disable=g-import-not-at-top
@@ -185,6 +198,17 @@ def _check_restored_params(workdir: str, run) -> None:
   assert set(ours) == set(saved)
   for name, value in ours.items():
     np.testing.assert_array_equal(value, saved[name], err_msg=name)
+
+
+def _check_head_dropout(run, hf_model) -> None:
+  """`model.head_dropout` is the exported `classifier_dropout`, and the HF head's dropout uses
+  it (RobertaForMultipleChoice has no head dropout of its own: it uses hidden_dropout_prob)."""
+  rate = run.config.model.head_dropout
+  assert hf_model.config.classifier_dropout == rate == 0.25
+  if isinstance(hf_model, transformers.BartForSequenceClassification):
+    assert hf_model.classification_head.dropout.p == rate
+  elif isinstance(hf_model, transformers.RobertaForSequenceClassification):
+    assert hf_model.classifier.dropout.p == rate
 
 
 def _check_classification(exported, model_cls, kind: str) -> None:
@@ -197,6 +221,7 @@ def _check_classification(exported, model_cls, kind: str) -> None:
     head = _head(report, task)
     assert head.hf_class == model_cls.__name__
     hf_model = _load(model_cls, head.path)
+    _check_head_dropout(run, hf_model)
     record = tasks.record_for_task(task)
     assert hf_model.config.num_labels == record.num_classes
     assert [hf_model.config.id2label[i] for i in range(record.num_classes)] == list(
@@ -317,7 +342,7 @@ def _check_card(exported) -> None:
     assert transformers.AutoTokenizer.from_pretrained(head.path).pad_token_id == (
         run.data.vocab.pad_id)
   # The latest eval line of metrics.jsonl, at the exported step.
-  assert report.eval_step == 3 and report.eval_metrics
+  assert report.eval_step == report.step and report.eval_metrics
   for task, metrics in report.eval_metrics.items():
     assert f'`{task}`' in card
   record = tasks.record_for_task(run.data.task_names[0])
@@ -357,6 +382,7 @@ def test_roberta_multiple_choice_head(roberta_export):
   head = _head(report, export.CHOICE_HEAD_DIRNAME)
   assert head.hf_class == 'RobertaForMultipleChoice' and head.tasks == [task]
   hf_model = _load(transformers.RobertaForMultipleChoice, head.path)
+  _check_head_dropout(run, hf_model)
   _check_choice_tokenization(run, task, head.path)
   ours, packed = _our_choice_scores(run, task)
   for e, batch in enumerate(_hf_choice_inputs(run, task)):
@@ -384,12 +410,13 @@ def test_roberta_model_card(roberta_export):
 def test_errors_name_the_problem(roberta_export, tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
-  with pytest.raises(export.ExportError, match='no checkpoints'):
+  with pytest.raises(workdir_lib.WorkdirError, match='no checkpoints'):
     export.export(str(empty), str(tmp_path / 'out'))
   assert not (empty / 'checkpoints').exists()  # Nothing created in the workdir.
-  with pytest.raises(export.ExportError, match='does not exist'):
+  with pytest.raises(workdir_lib.WorkdirError, match='does not exist'):
     export.export(str(tmp_path / 'missing'), str(tmp_path / 'out'))
-  with pytest.raises(export.ExportError, match=r'step 7 .*available steps: \[3\]'):
+  steps = ', '.join(map(str, conftest.TRAINED_DEMO_CHECKPOINTS))
+  with pytest.raises(workdir_lib.WorkdirError, match=rf'step 7 .*available steps: \[{steps}\]'):
     export.export(roberta_export['workdir'], str(tmp_path / 'out'), step=7)
 
 
@@ -400,8 +427,8 @@ def test_cli(roberta_export, tmp_path, capsys):
   out = tmp_path / 'cli'
   proc = subprocess.run(
       [sys.executable, '-m', 'muppet_jax.export', '--workdir', roberta_export['workdir'],
-       '--out', str(out), '--step', '3'], cwd=REPO, env=env, capture_output=True, text=True,
-      timeout=300)
+       '--out', str(out), '--step', str(conftest.TRAINED_DEMO_STEPS)], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'RobertaForMultipleChoice' in proc.stdout
   with open(out / 'model.safetensors', 'rb') as a, open(
@@ -449,6 +476,7 @@ def test_bart_multiple_choice_head(bart_export):
   head = _head(report, export.CHOICE_HEAD_DIRNAME)
   assert head.hf_class == 'BartForSequenceClassification' and head.num_labels == 1
   hf_model = _load(transformers.BartForSequenceClassification, head.path)
+  _check_head_dropout(run, hf_model)
   _check_choice_tokenization(run, task, head.path)
   ours, packed = _our_choice_scores(run, task)
   for e, batch in enumerate(_hf_choice_inputs(run, task)):
@@ -470,3 +498,59 @@ def test_bart_model_card(bart_export):
     card = f.read()
   assert 'BartForMultipleChoice' in card  # Explains the documented multiple-choice form.
   assert 'BartForConditionalGeneration' in card
+
+
+# --- Long inputs: tokenizer limits, pipelines and the model card's own snippets --------------
+
+# The demo models' positions (configs/demo.py): RoBERTa 130 = 128 tokens + padding offset 2
+# (positions start after pad id 1); BART 128, all usable.
+USABLE_POSITIONS = {'roberta': 128, 'bart': 128}
+LONG_TEXT = ' '.join(['pre-finetuning'] * 3_000)  # 3,000 words: far more than 128 tokens.
+
+
+@pytest.fixture(params=['roberta', 'bart'])
+def exported(request):
+  return request.getfixturevalue(f'{request.param}_export')
+
+
+def test_exported_tokenizers_truncate_to_the_model_positions(exported):
+  model_type = exported['report'].model_type
+  for path in [exported['out']] + [h.path for h in exported['report'].heads]:
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    assert tokenizer.model_max_length == USABLE_POSITIONS[model_type], path
+    ids = tokenizer(LONG_TEXT, truncation=True)['input_ids']
+    assert len(ids) == USABLE_POSITIONS[model_type]
+
+
+def test_text_classification_pipeline_on_a_3000_word_input(exported):
+  head = next(h for h in exported['report'].heads
+              if h.hf_class.endswith('ForSequenceClassification') and h.num_labels > 1)
+  classify = transformers.pipeline('text-classification', model=head.path, truncation=True)
+  (result,) = classify(LONG_TEXT)
+  labels = transformers.AutoConfig.from_pretrained(head.path).id2label.values()
+  assert result['label'] in labels and 0.0 <= result['score'] <= 1.0
+
+
+def _card_snippets(out: str) -> list[str]:
+  with open(os.path.join(out, 'README.md')) as f:
+    return re.findall(r'```python\n(.*?)```', f.read(), flags=re.DOTALL)
+
+
+def _with_long_inputs(code: str) -> str:
+  """The snippet with every string on a line marked `# example input` made 3,000 words long."""
+  return '\n'.join(re.sub(r'"[^"]*"', lambda _: repr(LONG_TEXT), line)
+                   if line.endswith('# example input') else line for line in code.splitlines())
+
+
+def test_model_card_snippets_run_as_written_long_inputs_included(exported, capsys):
+  snippets = _card_snippets(exported['out'])
+  assert len(snippets) == 1 + len(exported['report'].heads)  # The backbone, then each head.
+  for code in snippets:
+    long_code = _with_long_inputs(code)
+    assert long_code != code, code  # Every snippet has inputs to replace.
+    for variant in (code, long_code):
+      exec(compile(variant, 'README.md', 'exec'), {})  # pylint: disable=exec-used
+  printed = capsys.readouterr().out.splitlines()
+  labels = transformers.AutoConfig.from_pretrained(
+      _head(exported['report'], exported['run'].data.task_names[0]).path).id2label.values()
+  assert set(labels) & set(printed)  # The classification snippet printed a label name.

@@ -1,4 +1,5 @@
-"""BART generation (`muppet_jax.generate`) against `transformers` `generate` and a naive greedy loop.
+"""BART generation (`muppet_jax.eval.generate`) against `transformers` `generate` and a naive greedy
+loop, alone and sharded over 8 devices (one sub-batch per device, as the evaluator runs it).
 
 The reference model is a tiny random `BartForConditionalGeneration` (nothing is downloaded),
 with weights chosen so that decoding is not degenerate: unit-norm token embeddings scaled to 4,
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -20,9 +22,11 @@ import torch
 import transformers
 from flax import nnx
 
-from muppet_jax import evaluate
-from muppet_jax import generate as gen
+from muppet_jax import sharding
 from muppet_jax.data import batching
+from muppet_jax.eval import evaluator
+from muppet_jax.eval import generate as gen
+from muppet_jax.eval import metrics
 from muppet_jax.models import hf
 
 PAD, BOS, EOS = 1, 0, 2
@@ -217,6 +221,38 @@ def test_generation_config_sources(bart_pair, tmp_path):
     gen.GenerationConfig.from_hf(bart_pair['config'], beam_size=4)
 
 
+@pytest.mark.parametrize('name', ['greedy_processors', 'beam4_lp2_ngram3_min5_early'])
+def test_sharded_generation_matches_transformers(bart_pair, references, name):
+  """The evaluator's program: 8 sub-batches on 8 devices, each decoded by its device with its
+  own stopping test; every row equals HF `generate`, rows that are no example stay empty."""
+  layout = sharding.make_mesh(ml_collections.ConfigDict({'data': -1, 'model': 1}))
+  devices = layout.data_size
+  assert devices == 8
+  config = gen.GenerationConfig.from_hf(bart_pair['config'], max_length=MAX_LENGTH,
+                                        **SETTINGS[name])
+  graphdef, params, rest = nnx.split(bart_pair['model'], nnx.Param, ...)
+  step = jax.jit(gen.make_generate_step(graphdef, config, layout.mesh),
+                 in_shardings=(None, None, layout.batch_sharding))
+  # Device d: the three inputs rotated by d; on odd devices row 1 is no example (its mask
+  # off), and device 7 holds no example at all (a padding sub-batch).
+  order = [np.roll(np.arange(3), d) for d in range(devices)]
+  examples = np.ones((devices, 4), bool)
+  examples[:, 3] = False  # E = 4 > R = 3.
+  examples[1::2, 1] = False
+  examples[7] = False
+  ids = np.stack([IDS[o] for o in order]).astype(np.int32)
+  local = {'input_ids': ids, 'segment_ids': np.stack([MASK[o] for o in order]).astype(np.int32),
+           'example_mask': examples}
+  local = {k: v[list(layout.local_data_indices)][None] for k, v in local.items()}
+  out = np.asarray(step(params, rest, sharding.global_batch(layout, local)))
+  assert out.shape == (1, devices, 3, MAX_LENGTH) and out.dtype == np.int32
+  empty = [EOS] + [PAD] * (MAX_LENGTH - 1)
+  for d in range(devices):
+    for row in range(3):
+      expected = references[name][order[d][row]] if examples[d, row] else empty
+      np.testing.assert_array_equal(out[0, d, row], expected, err_msg=f'device {d} row {row}')
+
+
 class _FakeVocab:
   """`decode_batch` like `HFVocabulary`: special tokens skipped."""
 
@@ -224,10 +260,8 @@ class _FakeVocab:
     return [' '.join(f'w{int(i)}' for i in row if int(i) not in (BOS, PAD, EOS)) for row in ids]
 
 
-def test_summarize_and_score_uses_the_raw_references(bart_pair, references):
+def test_summaries_are_scored_against_the_raw_references(references):
   name = 'beam4_lp2_ngram3_min5_early'
-  config = gen.GenerationConfig.from_hf(bart_pair['config'], max_length=MAX_LENGTH,
-                                        **SETTINGS[name])
   expected = references[name]
   generated = _FakeVocab().decode_batch(expected[:2])
   # min_length=5 (decoder start included): at least 4 tokens, long enough to cut.
@@ -248,10 +282,11 @@ def test_summarize_and_score_uses_the_raw_references(bart_pair, references):
                 decoder_target_ids=targets, decoder_mask=targets != PAD,
                 example_mask=np.array([True, True, False, False]))
   sub = batching.SubBatch(arrays, num_examples=2, num_tokens=int(MASK.sum()), meta=meta)
-  predictions = []
-  scores = gen.summarize_and_score(bart_pair['model'], _FakeVocab(), [sub], config,
-                                   predictions=predictions)
-  assert predictions == generated  # Row 2 is not an example and is not decoded.
+  result = evaluator.score_summaries([sub], [expected.astype(np.int32)], _FakeVocab())
+  # Row 2 is not an example and is not scored.
+  assert [p['prediction'] for p in result.predictions] == generated
+  assert [p['gold'] for p in result.predictions] == raw
+  scores = result.metrics
   assert set(scores) == {'rouge1', 'rouge2', 'rougeL', 'rougeLsum', 'examples'}
   assert scores['examples'] == 2.0
   n = len(generated[1].split())
@@ -260,9 +295,9 @@ def test_summarize_and_score_uses_the_raw_references(bart_pair, references):
   for key, row1 in (('rouge1', unigram), ('rouge2', bigram), ('rougeL', unigram),
                     ('rougeLsum', unigram)):
     np.testing.assert_allclose(scores[key], (1.0 + row1) / 2, rtol=1e-9, err_msg=key)
-  # The truncated targets decoded back (the old references) would score far lower.
-  truncated = evaluate.rouge(generated, _FakeVocab().decode_batch(targets[:2]))
+  # The truncated targets decoded back would score far lower.
+  truncated = metrics.rouge(generated, _FakeVocab().decode_batch(targets[:2]))
   assert truncated['rouge1'] < scores['rouge1'] - 0.2
   with pytest.raises(ValueError, match='evaluation=True'):
-    gen.summarize_and_score(bart_pair['model'], _FakeVocab(),
-                            [batching.SubBatch(arrays, 2, int(MASK.sum()))], config)
+    evaluator.score_summaries([batching.SubBatch(arrays, 2, int(MASK.sum()))],
+                              [expected.astype(np.int32)], _FakeVocab())

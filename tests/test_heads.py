@@ -151,6 +151,105 @@ def test_r4f_heads_export_the_effective_weight():
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def _r4f_choice_model(kind: str, r4f: bool) -> muppet.MuppetModel:
+  config = config_lib.default()
+  config.model.type = kind
+  config.train.r4f = r4f
+  hf_config = _roberta_config() if kind == 'roberta' else _bart_config()
+  table = TaskTable.build(['cls', 'mc'], [Family.CLASSIFICATION, Family.MULTIPLE_CHOICE], [2, 0])
+  return muppet.build_model(config, hf_config, table, rngs=nnx.Rngs(params=3, dropout=4))
+
+
+@pytest.mark.parametrize('kind', ['roberta', 'bart'])
+def test_r4f_normalises_the_multiple_choice_head(kind):
+  """fairseq's sentence-ranking head is a one-output classification head, so R4F normalises its
+  out_proj too: W [H, 1] / sigma_max(W), sigma_max of a vector being its L2 norm."""
+  head = _r4f_choice_model(kind, r4f=True).choice_head
+  layer = head.classifier if kind == 'roberta' else head.out_proj
+  raw = np.asarray(layer.kernel[...], np.float64)  # [H, 1]
+  assert abs(np.linalg.norm(raw) - 1.) > 0.1  # the raw weight is not normalised already
+  effective = np.asarray(head.score_kernel(), np.float64)
+  np.testing.assert_allclose(np.linalg.svd(effective, compute_uv=False)[0], 1., rtol=1e-5)
+  np.testing.assert_allclose(effective, raw / np.linalg.svd(raw, compute_uv=False)[0],
+                             rtol=1e-5, atol=1e-7)
+  # The scores use the normalised weight (hand computation of the head's layers in NumPy).
+  x = np.random.default_rng(5).normal(size=(2, 3, HIDDEN))
+  h = x
+  if kind == 'bart':
+    h = np.tanh(x @ np.asarray(head.dense.kernel[...]) + np.asarray(head.dense.bias[...]))
+  bias = np.asarray(layer.bias[...], np.float64)
+  want = (h @ (raw / np.linalg.norm(raw)) + bias)[..., 0]
+  got = np.asarray(head(jnp.asarray(x, jnp.float32)), np.float64)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # The export carries the effective weight: the transformers module computes the same scores.
+  tensors = heads.multiple_choice_head_to_hf(head)
+  if kind == 'roberta':
+    weight = tensors['classifier.weight']
+    theirs = x @ weight.T.astype(np.float64) + tensors['classifier.bias']
+  else:
+    torch_head = transformers.BartForSequenceClassification(
+        _bart_config(num_labels=1)).classification_head.eval()
+    torch_head.load_state_dict({k[len('classification_head.'):]: torch.from_numpy(v.copy())
+                                for k, v in tensors.items()})
+    weight = tensors['classification_head.out_proj.weight']
+    with torch.no_grad():
+      theirs = torch_head(torch.from_numpy(x.astype(np.float32))).numpy()
+  np.testing.assert_allclose(np.linalg.norm(weight), 1., rtol=1e-5)
+  np.testing.assert_allclose(theirs[..., 0], want, rtol=1e-4, atol=1e-5)
+  # Without R4F the same head computes with the raw weight.
+  plain = _r4f_choice_model(kind, r4f=False).choice_head
+  np.testing.assert_array_equal(np.asarray(plain.score_kernel()),
+                                np.asarray((plain.classifier if kind == 'roberta' else
+                                            plain.out_proj).kernel[...]))
+
+
+# --- Head dropout (model.head_dropout) ----------------------------------------------------------
+
+
+def _dropout_model(kind: str, head_dropout: float | None) -> muppet.MuppetModel:
+  """A model whose checkpoint config asks for head dropout (HF classifier_dropout 0.2, hidden
+  dropout 0.3): `model.head_dropout` must win."""
+  config = config_lib.default()
+  config.model.type = kind
+  if head_dropout is not None:
+    config.model.head_dropout = head_dropout
+  if kind == 'roberta':
+    hf_config = _roberta_config(hidden_dropout_prob=0.3, classifier_dropout=0.2)
+  else:
+    hf_config = _bart_config(dropout=0.3, classifier_dropout=0.2)
+  table = TaskTable.build(['cls', 'mc'], [Family.CLASSIFICATION, Family.MULTIPLE_CHOICE], [3, 0])
+  return muppet.build_model(config, hf_config, table, rngs=nnx.Rngs(params=0, dropout=1))
+
+
+@pytest.mark.parametrize('kind', ['roberta', 'bart'])
+def test_head_dropout_applies_to_every_classification_and_choice_head(kind):
+  features = jax.random.normal(jax.random.key(0), (4, HIDDEN))
+  choice_features = jax.random.normal(jax.random.key(1), (4, 3, HIDDEN))
+  index, k = jnp.int32(0), jnp.int32(3)
+  for rate in (None, 0.0, 0.5):  # None: the default
+    model = _dropout_model(kind, rate)
+    cls_head, choice_head = model.classification_heads, model.choice_head
+    assert cls_head.dropout.rate == choice_head.dropout.rate == (rate or 0.0)
+    runs = {name: [np.asarray(f(deterministic=d)) for d in (True, False, False)]
+            for name, f in (
+                ('classification', lambda deterministic: cls_head(
+                    features, index, k, deterministic=deterministic)[:, :3]),
+                ('choice', lambda deterministic: choice_head(
+                    choice_features, deterministic=deterministic)))}
+    for name, (eval_out, train_a, train_b) in runs.items():
+      if not rate:  # 0.0 (fairseq's pooler_dropout default): training mode is deterministic.
+        np.testing.assert_array_equal(train_a, eval_out, err_msg=name)
+        np.testing.assert_array_equal(train_b, eval_out, err_msg=name)
+      else:  # Dropout on: masks differ between calls and from evaluation mode.
+        assert np.abs(train_a - eval_out).max() > 1e-3, name
+        assert np.abs(train_a - train_b).max() > 1e-3, name
+
+
+def test_head_dropout_rejects_a_rate_outside_zero_one():
+  with pytest.raises(ValueError, match='model.head_dropout'):
+    _dropout_model('roberta', 1.5)
+
+
 # --- Parity with transformers task models -------------------------------------------------------
 
 

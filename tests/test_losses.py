@@ -141,6 +141,18 @@ def test_masked_mean():
                              [2., 0.])
 
 
+def test_masked_sum():
+  v = jnp.array([1., 2., 3., jnp.nan])  # a NaN in a masked slot must not leak
+  m = jnp.array([True, False, True, False])
+  assert float(losses.masked_sum(v, m)) == 4.
+  assert float(losses.masked_sum(v, jnp.zeros(4, bool))) == 0.
+  per_token = jnp.array([[1., 3., 100.], [2., 2., 2.]], jnp.bfloat16)
+  tok_mask = jnp.array([[1, 1, 0], [0, 0, 0]], bool)
+  got = losses.masked_sum(per_token, tok_mask, axis=-1)
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(got), [4., 0.])
+
+
 def _np_symmetric_kl(p_logits, q_logits, mask=None):
   lp = _np_log_softmax(p_logits, mask)
   lq = _np_log_softmax(q_logits, mask)
@@ -186,6 +198,9 @@ def test_symmetric_kl_per_token_then_per_example():
   per_example = np.asarray(losses.masked_mean(per_token, jnp.asarray(tok_mask), axis=-1))
   ref = _np_symmetric_kl(p, q)
   np.testing.assert_allclose(per_example, [ref[0, :2].mean(), ref[1, 0]], rtol=1e-5)
+  # The authors' seq2seq weight: the sum over each example's real tokens (T_e times the mean).
+  summed = np.asarray(losses.masked_sum(per_token, jnp.asarray(tok_mask), axis=-1))
+  np.testing.assert_allclose(summed, [ref[0, :2].sum(), ref[1, 0]], rtol=1e-5)
 
 
 def test_symmetric_kl_small_perturbation_is_second_order():

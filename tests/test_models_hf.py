@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ import torch
 import transformers
 from flax import nnx
 
+from muppet_jax import errors
 from muppet_jax.models import attention
 from muppet_jax.models import bart
 from muppet_jax.models import hf
@@ -250,6 +252,78 @@ def test_roberta_errors_name_the_tensor(roberta_ref):
   bad_shape = dict(good, **{'embeddings.word_embeddings.weight': np.zeros((99, 32), np.float32)})
   with pytest.raises(ValueError, match=r'embeddings\.word_embeddings\.weight.*\(99, 32\)'):
     hf.from_hf_state_dict(model, bad_shape)
+
+
+def _copy_checkpoint(src: str, dst) -> str:
+  os.makedirs(dst, exist_ok=True)
+  for name in os.listdir(src):
+    with open(os.path.join(src, name), 'rb') as f, open(os.path.join(dst, name), 'wb') as g:
+      g.write(f.read())
+  return str(dst)
+
+
+@pytest.mark.parametrize('weights', ['model.safetensors', 'pytorch_model.bin'])
+def test_damaged_weights_file_is_named(roberta_ref, weights, tmp_path):
+  """A truncated weights file fails with a UserError naming the file (safetensors and torch
+  errors alone do not say which file they were reading)."""
+  path = _copy_checkpoint(roberta_ref['path'], tmp_path / 'ckpt')
+  if weights == 'pytorch_model.bin':
+    os.remove(os.path.join(path, 'model.safetensors'))
+    _save_torch_bin(roberta_ref['model'], path)
+  file = os.path.join(path, weights)
+  size = os.path.getsize(file)
+  with open(file, 'r+b') as f:
+    f.truncate(size // 3)
+  with pytest.raises(hf.WeightsFileError, match=re.escape(
+      f'cannot read {file} ({size // 3} bytes)') + '.*damaged, truncated'):
+    hf.load(path)
+  assert isinstance(hf.WeightsFileError('x'), errors.UserError)
+
+
+def test_damaged_config_and_index_are_named(roberta_ref, tmp_path):
+  path = _copy_checkpoint(roberta_ref['path'], tmp_path / 'ckpt')
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    f.write('{"model_type": "roberta", "hidden_')  # Cut off mid-file.
+  with pytest.raises(hf.WeightsFileError, match=r'cannot read .*ckpt/config\.json'):
+    hf.load(path)
+  sharded = tmp_path / 'sharded'
+  _save_torch_bin(roberta_ref['model'], str(sharded), shards=2)
+  with open(sharded / 'pytorch_model.bin.index.json', 'w') as f:
+    f.write('{"weight_map": ')
+  with pytest.raises(hf.WeightsFileError, match=r'pytorch_model\.bin\.index\.json'):
+    hf.read_tensors(str(sharded))
+
+
+def test_missing_sources_are_told_apart_from_hub_ids(roberta_ref, tmp_path, monkeypatch):
+  """A local path that does not exist is reported as such before anything is loaded; a value
+  of hub-id form is only refused when downloads are off."""
+  missing = str(tmp_path / 'no_such_model')
+  with pytest.raises(hf.SourceNotFoundError,
+                     match=r"model\.init_from='.*no_such_model' does not exist"):
+    hf.check_source(missing, 'model.init_from')
+  with pytest.raises(hf.SourceNotFoundError, match='does not exist'):
+    hf.load(missing)  # Not sent to the hub as a "repo id".
+  with pytest.raises(hf.SourceNotFoundError, match='has no config.json'):
+    hf.check_source(str(tmp_path), 'model.init_from')
+  with pytest.raises(hf.SourceNotFoundError, match='is a file'):
+    hf.check_source(os.path.join(roberta_ref['path'], 'config.json'), 'model.init_from')
+  hf.check_source(roberta_ref['path'], 'model.init_from')  # A checkpoint directory: fine.
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  with pytest.raises(hf.SourceNotFoundError, match='HF_HUB_OFFLINE is set'):
+    hf.check_source('FacebookAI/roberta-base', 'model.init_from')
+  monkeypatch.setenv('HF_HUB_OFFLINE', '0')
+  hf.check_source('FacebookAI/roberta-base', 'model.init_from')  # Downloaded later, online.
+  for path_like in ('./model', '../model', '/abs/model', '~/model', 'a/b/c'):
+    assert not hf.is_hub_id(path_like), path_like
+  for hub_id in ('roberta-base', 'FacebookAI/roberta-large', 'facebook/bart-base'):
+    assert hf.is_hub_id(hub_id), hub_id
+
+
+def test_usable_positions():
+  """RoBERTa: positions after the padding index (514 -> 512 with pad id 1); BART: all."""
+  assert hf.usable_positions(_roberta_config(max_position_embeddings=514)) == 512
+  assert hf.usable_positions(_roberta_config(max_position_embeddings=130)) == 128
+  assert hf.usable_positions(_bart_config(max_position_embeddings=1024)) == 1024
 
 
 def test_roberta_input_embeddings_hook_and_bf16(roberta_ref):

@@ -2,7 +2,6 @@
 and the compile cost of many classification heads."""
 
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,7 @@ import pytest
 import transformers
 from flax import nnx
 
-from muppet_jax import config_lib, losses, objective
+from muppet_jax import config_lib, objective
 from muppet_jax.data.features import BatchShape, Family, TaskTable
 from muppet_jax.models import muppet
 
@@ -331,21 +330,151 @@ def test_r3f_second_forward_only_when_enabled(monkeypatch):
   assert len(calls) == 2
 
 
-@pytest.mark.parametrize('noise', ['uniform', 'normal'])
-def test_r3f_term_equals_manual_computation(noise):
-  model, config = _model()
-  settings = _settings(config, r3f=True, r3f_eps=0.1, r3f_noise=noise, r3f_lambda=0.7)
+# Independent references: the noise and the symmetric KL written here, not taken from our code.
+
+
+def _test_noise(slot_key, shape, eps, kind):
+  """R3F's embedding noise by its documented recipe: the slot key splits into (dropout key,
+  noise key); U(-eps, eps) or eps * N(0, 1) in float32 from the noise key."""
+  _, noise_key = jax.random.split(slot_key)
+  if kind == 'uniform':
+    return jax.random.uniform(noise_key, shape, jnp.float32, -eps, eps)
+  return eps * jax.random.normal(noise_key, shape, jnp.float32)
+
+
+def _np_log_softmax(x):
+  x = np.asarray(x, np.float64)
+  m = x.max(-1, keepdims=True)
+  return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def _np_symm_kl(clean_logits, noised_logits):
+  """fairseq `_get_symm_kl` without its batch reduction, float64: F.kl_div(log q, p, 'sum') +
+  F.kl_div(log p, q, 'sum') = sum_v p (log p - log q) + q (log q - log p), per leading index."""
+  log_p, log_q = _np_log_softmax(clean_logits), _np_log_softmax(noised_logits)
+  p, q = np.exp(log_p), np.exp(log_q)
+  return (p * (log_p - log_q)).sum(-1) + (q * (log_q - log_p)).sum(-1)
+
+
+CLS_TABLE = TaskTable.build(['c2', 'c3'], [Family.CLASSIFICATION] * 2, [2, 3])
+
+
+@pytest.mark.parametrize('noise,scale_by_log_n,loss_scaling',
+                         [('uniform', False, True), ('normal', True, True),
+                          ('uniform', True, False)])
+def test_r3f_term_equals_manual_computation(noise, scale_by_log_n, loss_scaling):
+  """Classification R3F against NumPy: ce / log(n) + lambda * symKL [/ log(n)] per example."""
+  model, config = _model(table=CLS_TABLE)
+  settings = _settings(config, r3f=True, r3f_eps=1.0, r3f_noise=noise, r3f_lambda=0.7,
+                       r3f_scale_by_log_n=scale_by_log_n, loss_scaling=loss_scaling)
   b = _classification_batch()
-  loss, m = _jit_loss(model, b, settings, key=3)
   jb = _jnp(b)
-  _, noise_key = objective.split_slot_rng(jax.random.key(3))
+  loss, m = jax.jit(lambda mdl, k: objective.slot_loss(
+      mdl, jb, k, task_table=CLS_TABLE, settings=settings, deterministic=True))(
+          model, jax.random.key(3))
   emb = model.embed_tokens(jb['input_ids'])
-  noised = emb + objective.r3f_noise(noise_key, emb.shape, emb.dtype, settings)
-  clean = model.classify(jb)
-  kl = losses.symmetric_kl(clean.logits, model.classify(jb, noised).logits, clean.class_mask)
-  np.testing.assert_allclose(float(m.sym_kl), float(kl[:3].mean()), rtol=1e-5)
-  assert float(m.sym_kl) > 0
-  np.testing.assert_allclose(float(loss), float(m.task_loss) + 0.7 * float(m.sym_kl), rtol=1e-6)
+  noised_emb = emb + _test_noise(jax.random.key(3), emb.shape, 1.0, noise).astype(emb.dtype)
+  clean = np.asarray(model.classify(jb).logits, np.float64)[:3, :3]  # task 1: 3 classes
+  noised = np.asarray(model.classify(jb, noised_emb).logits, np.float64)[:3, :3]
+  kl = _np_symm_kl(clean, noised)
+  ce = -_np_log_softmax(clean)[np.arange(3), b['labels'][:3]]
+  log_n = np.log(3.) if loss_scaling else 1.
+  kl_scale = log_n if scale_by_log_n else 1.
+  want = np.mean(ce / log_n + 0.7 * kl / kl_scale)
+  np.testing.assert_allclose(float(m.sym_kl), kl.mean(), rtol=1e-4)
+  assert float(m.sym_kl) > 1e-2  # the noise is large enough for the term to matter
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  np.testing.assert_allclose(float(m.task_loss), np.mean(ce / log_n), rtol=1e-5)
+  # The other weighting (KL / log 3 vs KL) differs by far more than the tolerance.
+  other = np.mean(ce / log_n + 0.7 * kl / (1. if scale_by_log_n else np.log(3.)))
+  if loss_scaling:
+    assert abs(other - want) > 100 * 1e-5 * abs(want)
+
+
+def _fairseq_r3f_sentence(clean_logits, noised_logits, targets, smoothing, r3f_lambda):
+  """fairseq's label_smoothed_cross_entropy_r3f on a batch of ONE target sentence, per token
+  of its gradient normaliser (sample_size = ntokens), in float64.
+
+  loss = sum_t ls_nll_t + lambda * symm_kl * sample_size, with symm_kl = (sum over the
+  sentence's tokens of the per-token symmetric KL) / batch size (1); the trainer divides by
+  sample_size. Returns (label-smoothed CE per token, lambda-free KL weight per sentence)."""
+  lprobs = _np_log_softmax(clean_logits)  # [T, V]
+  vocab = lprobs.shape[-1]
+  nll = -lprobs[np.arange(len(targets)), targets]
+  smooth = -lprobs.sum(-1)
+  eps_i = smoothing / (vocab - 1)
+  ls_loss_sum = ((1. - smoothing - eps_i) * nll + eps_i * smooth).sum()
+  sample_size = len(targets)  # ntokens (sentence_avg off)
+  symm_kl = _np_symm_kl(clean_logits, noised_logits).sum() / 1  # / noised_logits.size(0)
+  total = ls_loss_sum + r3f_lambda * symm_kl * sample_size
+  ce_per_token = ls_loss_sum / sample_size
+  kl_weight = (total / sample_size - ce_per_token) / r3f_lambda
+  return ce_per_token, kl_weight
+
+
+def test_summarization_r3f_weight_is_the_fairseq_sum_over_target_tokens():
+  """Default settings: each example's loss is fairseq's per-sentence objective with the CE
+  log(V)-scaled (the KL is not, train.r3f.scale_by_log_n=False); 'mean' divides each
+  example's KL by its real target token count."""
+  model, config = _model('bart', BART_TABLE)
+  config.train.r3f.enabled = True
+  config.train.r3f.lambda_ = 0.6
+  config.train.r3f.eps = 0.2
+  config.train.r3f.noise = 'normal'
+  settings = _settings(config)  # token_reduction and scale_by_log_n from the defaults
+  assert (settings.r3f_token_reduction, settings.r3f_scale_by_log_n) == ('sum', False)
+  b = _summarization_batch()
+  jb = _jnp(b)
+  key = jax.random.key(9)
+  emb = model.embed_tokens(jb['input_ids'])
+  noised_emb = emb + _test_noise(key, emb.shape, 0.2, 'normal').astype(emb.dtype)
+  clean = np.asarray(model.summarize(jb).logits, np.float64)
+  noised = np.asarray(model.summarize(jb, noised_emb).logits, np.float64)
+  want, kl_sum = [], []
+  lengths = b['decoder_mask'].sum(-1)[:2]
+  assert list(lengths) == [4, 2]
+  for r in range(2):
+    mask = b['decoder_mask'][r]  # padding target positions are excluded (docs/FIDELITY.md)
+    ce, kl = _fairseq_r3f_sentence(clean[r][mask], noised[r][mask],
+                                   b['decoder_target_ids'][r][mask], 0.1, 0.6)
+    want.append(ce / np.log(VOCAB) + 0.6 * kl)
+    kl_sum.append(kl)
+
+  f = lambda s, bb: jax.jit(lambda mdl, k: objective.slot_loss(
+      mdl, _jnp(bb), k, task_table=BART_TABLE, settings=s, deterministic=True))(model, key)
+  loss, m = f(settings, b)
+  np.testing.assert_allclose(float(loss), np.mean(want), rtol=1e-5)
+  np.testing.assert_allclose(float(m.sym_kl), np.mean(kl_sum), rtol=1e-4)
+  assert min(kl_sum) > 1e-3
+
+  # 'mean': per example KL / T_e; the per-example ratio sum / mean is T_e.
+  mean_settings = _settings(config, r3f_token_reduction='mean')
+  loss_mean, m_mean = f(mean_settings, b)
+  np.testing.assert_allclose(float(m_mean.sym_kl), np.mean(np.array(kl_sum) / lengths),
+                             rtol=1e-4)
+  ce_scaled = [w - 0.6 * k for w, k in zip(want, kl_sum)]
+  np.testing.assert_allclose(
+      float(loss_mean), np.mean(np.array(ce_scaled) + 0.6 * np.array(kl_sum) / lengths),
+      rtol=1e-5)
+  for e in range(2):
+    one = {k: v.copy() for k, v in b.items()}
+    one['example_mask'][:] = False
+    one['example_mask'][e] = True
+    (_, ms), (_, mm) = f(settings, one), f(mean_settings, one)
+    np.testing.assert_allclose(float(ms.sym_kl) / float(mm.sym_kl), lengths[e], rtol=1e-5)
+
+  # scale_by_log_n: the summed KL is divided by log(V) as well.
+  loss_scaled, _ = f(_settings(config, r3f_scale_by_log_n=True), b)
+  np.testing.assert_allclose(
+      float(loss_scaled), np.mean(np.array(ce_scaled) + 0.6 * np.array(kl_sum) / np.log(VOCAB)),
+      rtol=1e-5)
+
+
+def test_r3f_settings_reject_unknown_token_reduction():
+  with pytest.raises(ValueError, match='token_reduction'):
+    objective.ObjectiveSettings(r3f_token_reduction='max')
+  config = config_lib.default()
+  assert config.train.r3f.token_reduction == 'sum' and not config.train.r3f.scale_by_log_n
 
 
 def _flat_params(model):
@@ -425,17 +554,20 @@ def test_r3f_classification_gradient_finite_differences_and_stop_gradient():
   # The word-embedding table: the noised path starts from stop_gradient(embeddings), so its
   # gradient is that of an objective whose noised input embeddings are constants.
   model = nnx.merge(graphdef, params, rest)
-  _, noise_key = objective.split_slot_rng(key)
   emb = model.embed_tokens(b['input_ids'])
-  frozen = emb + objective.r3f_noise(noise_key, emb.shape, emb.dtype, settings)
+  frozen = emb + _test_noise(key, emb.shape, settings.r3f_eps, settings.r3f_noise)
 
   def f_explicit(params, noised_source):
+    """The objective written out here (jnp, differentiable): task 1 has 3 classes."""
     m = nnx.merge(graphdef, params, rest)
-    clean = m.classify(b)
-    noised = m.classify(b, noised_source(m))
-    per = (losses.cross_entropy(clean.logits, b['labels'], clean.class_mask) / np.log(3.) +
-           losses.symmetric_kl(clean.logits, noised.logits, clean.class_mask))
-    return losses.masked_mean(per, b['example_mask'])
+    clean = jax.nn.log_softmax(m.classify(b).logits[:, :3].astype(jnp.float32))
+    noised = jax.nn.log_softmax(m.classify(b, noised_source(m)).logits[:, :3]
+                                .astype(jnp.float32))
+    ce = -jnp.take_along_axis(clean, b['labels'][:, None], axis=-1)[:, 0]
+    kl = jnp.sum((jnp.exp(clean) - jnp.exp(noised)) * (clean - noised), axis=-1)
+    per = ce / np.log(3.) + kl
+    real = b['example_mask'].astype(jnp.float32)
+    return jnp.sum(per * real) / jnp.sum(real)
 
   table_path = ('backbone', 'embeddings', 'word_embeddings', 'embedding')
   grad_of = lambda source: np.asarray(dict(nnx.to_flat_state(
@@ -468,9 +600,9 @@ def test_r3f_summarization_gradient_finite_differences():
 
 
 def _compile_stats(num_heads: int, deterministic: bool = True,
-                   r3f: bool = False) -> tuple[int, float, int]:
-  """(compiled program text size, best compile seconds, StableHLO text size) of the jitted
-  value-and-gradient of `slot_loss` for a run with `num_heads` classification tasks."""
+                   r3f: bool = False) -> tuple[int, int]:
+  """(compiled program text size, StableHLO text size) of the jitted value-and-gradient of
+  `slot_loss` for a run with `num_heads` classification tasks."""
   names = [f'c{i}' for i in range(num_heads)]
   table = TaskTable.build(names, [Family.CLASSIFICATION] * num_heads,
                           [2 + i % 4 for i in range(num_heads)])
@@ -485,24 +617,17 @@ def _compile_stats(num_heads: int, deterministic: bool = True,
                                deterministic=deterministic)[0]
 
   lowered = jax.jit(jax.value_and_grad(f)).lower(params, rest, b, jax.random.key(0))
-  # CPU time of this process (XLA's compiler threads included): much less sensitive than wall
-  # time to other processes sharing the host.
-  start = time.process_time()
-  compiled = lowered.compile()
-  return len(compiled.as_text()), time.process_time() - start, len(lowered.as_text())
+  return len(lowered.compile().as_text()), len(lowered.as_text())
 
 
-def test_compile_time_and_program_size_do_not_grow_with_heads():
-  runs = {2: [], 26: []}
-  for num_heads in (2, 26, 2, 26):  # interleaved, a fresh jit (nothing cached) each time
-    runs[num_heads].append(_compile_stats(num_heads))
-  (size2, _, hlo2), (size26, _, hlo26) = runs[2][0], runs[26][0]
-  t2, t26 = min(r[1] for r in runs[2]), min(r[1] for r in runs[26])
-  print(f'\n2 heads: compiled text {size2} chars, StableHLO {hlo2} chars, compile {t2:.2f}s CPU; '
-        f'26 heads: compiled text {size26} chars, StableHLO {hlo26} chars, compile {t26:.2f}s '
-        f'CPU; ratios: compiled size {size26 / size2:.4f}, StableHLO {hlo26 / hlo2:.4f}, '
-        f'compile time {t26 / t2:.3f}')
+def test_program_size_does_not_grow_with_heads():
+  """The stacked heads are indexed by the traced task id: 26 classification tasks compile to
+  the same program as 2. Program sizes are asserted, not compile time (noisy on a shared
+  host)."""
+  size2, hlo2 = _compile_stats(2)
+  size26, hlo26 = _compile_stats(26)
+  print(f'\n2 heads: compiled text {size2} chars, StableHLO {hlo2} chars; 26 heads: compiled '
+        f'text {size26} chars, StableHLO {hlo26} chars; ratios: compiled size '
+        f'{size26 / size2:.4f}, StableHLO {hlo26 / hlo2:.4f}')
   assert size26 <= 1.10 * size2
   assert hlo26 <= 1.10 * hlo2
-  # Min of 2 CPU-time measurements each; the host is shared, so allow 0.2 s of noise.
-  assert t26 <= 1.10 * t2 + 0.2

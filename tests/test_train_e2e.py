@@ -1,5 +1,12 @@
-"""End-to-end: the demo trains and learns, resumes after SIGTERM, and is invariant to how the
-slots of an update are spread over devices, accumulation steps and processes."""
+"""End-to-end: the demo trains and learns, records its metrics, resumes after SIGTERM, and is
+invariant to how the slots of an update are spread over devices, accumulation steps and
+processes.
+
+Each check trains as little as it can: the metrics check reads the shared trained demo run
+(`trained_demo_workdir`), the reference runs of the resume and invariance checks train
+in-process (no second interpreter start), and what needs the README command, several
+processes or hundreds of steps is marked slow.
+"""
 
 import json
 import os
@@ -14,9 +21,11 @@ import jax
 import numpy as np
 import pytest
 
+import conftest
 from configs import demo as demo_config
 from muppet_jax import checkpoint as checkpoint_lib
 from muppet_jax import train
+from muppet_jax.data import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,14 +130,51 @@ def test_finetuning_from_muppet_beats_random_init(demo_run, tmp_path):
   assert reused >= scratch
 
 
+def test_metrics_jsonl_records_the_run(trained_demo_workdir):
+  """One line per logged step with values checked by hand: the learning rate of the step's
+  update (warmup 1, peak 3e-2, linear decay to 0 at the last step), every slot of the window
+  counted once under its task, finite losses; then the final evaluation."""
+  lines = _read_metrics(trained_demo_workdir)
+  train_lines = [l for l in lines if 'loss' in l]
+  every, total = conftest.TRAINED_DEMO_LOG_EVERY, conftest.TRAINED_DEMO_STEPS
+  assert [l['step'] for l in train_lines] == list(range(every, total + 1, every))
+  config = conftest.trained_demo_config()
+  peak, warmup = config.optim.learning_rate, config.optim.warmup_steps
+  slots_per_update = config.train.grad_accum * config.mesh.data
+  names = [name for name, _ in tasks.mixture_tasks(config.data.mixture)]
+  for line in train_lines:
+    t = line['step'] - 1  # The step's update is update number t (0-based).
+    expected_lr = peak * t / warmup if t < warmup else peak * (1 - (t - warmup) / (
+        total - warmup))
+    np.testing.assert_allclose(line['learning_rate'], expected_lr, rtol=1e-5)
+    per_task = {k: v for k, v in line.items() if isinstance(v, dict)}
+    assert set(per_task) <= set(names)
+    assert sum(v['slots'] for v in per_task.values()) == every * slots_per_update
+    for entry in per_task.values():
+      assert entry['examples'] >= entry['slots'] and np.isfinite(entry['loss'])
+    assert np.isfinite(line['loss']) and line['tokens_per_s'] > 0 and line['grad_norm'] > 0
+  evals = [l for l in lines if 'eval' in l]
+  assert [l['step'] for l in evals] == [total]
+  assert set(evals[0]['eval']) == set(names)
+
+
 def test_sigterm_resume_matches_uninterrupted_run(tmp_path):
-  overrides = ['--config.train.steps=24', '--config.train.checkpoint_every=4',
+  """SIGTERM saves a checkpoint and exits 143; the same command resumes to the parameters of a
+  run that was never stopped, logging every step once."""
+  steps = 16
+  overrides = [f'--config.train.steps={steps}', '--config.train.checkpoint_every=4',
                '--config.train.log_every=2', '--config.train.eval_every=0',
-               '--config.data.eval_examples=8', '--config.model.dropout=0.1']
+               '--config.data.eval_examples=8', '--config.model.dropout=0.1',
+               '--config.mesh.data=1', f'--config.optim.eps={_NOISE_SAFE_EPS}']
+  # In-process (8 fake devices, one used) while the resumed run is a 1-device process: the same
+  # program up to float32 rounding, which the noise-safe Adam eps keeps from growing.
   straight = tmp_path / 'straight'
-  proc = subprocess.run(_main_cmd(straight, *overrides), cwd=REPO, env=_env(), timeout=600,
-                        capture_output=True, text=True)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = demo_config.get_config()
+  for override in overrides:  # '--config.section.name=value', typed like the field.
+    key, value = override[len('--config.'):].split('=')
+    section, name = key.split('.')
+    config[section][name] = type(config[section][name])(value)
+  assert train.run(config, str(straight)).step == steps
 
   resumed = tmp_path / 'resumed'
   proc = subprocess.Popen(_main_cmd(resumed, *overrides), cwd=REPO, env=_env(),
@@ -136,7 +182,7 @@ def test_sigterm_resume_matches_uninterrupted_run(tmp_path):
   metrics = resumed / 'metrics.jsonl'
   deadline = time.time() + 300
   while time.time() < deadline:  # Wait until it has trained a few steps, then preempt it.
-    if metrics.exists() and any(json.loads(l)['step'] >= 10 for l in metrics.read_text().split(
+    if metrics.exists() and any(json.loads(l)['step'] >= 6 for l in metrics.read_text().split(
         '\n') if l.strip()):
       break
     time.sleep(0.2)
@@ -144,15 +190,15 @@ def test_sigterm_resume_matches_uninterrupted_run(tmp_path):
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 143, stderr[-3000:]
   stopped_at = max(int(d) for d in os.listdir(resumed / 'checkpoints') if d.isdigit())
-  assert 10 <= stopped_at < 24, stopped_at
+  assert 6 <= stopped_at < steps, stopped_at
 
   proc = subprocess.run(_main_cmd(resumed, *overrides), cwd=REPO, env=_env(), timeout=600,
                         capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert f'resumed from' in proc.stderr
-  _assert_trees_close(_final_params(resumed, 24), _final_params(straight, 24), 1e-6)
-  steps = [l['step'] for l in _read_metrics(resumed) if 'loss' in l]
-  assert steps == list(range(2, 25, 2)), steps  # Nothing logged twice or lost.
+  assert f'resumed from {resumed}/checkpoints at step {stopped_at}' in proc.stderr
+  _assert_trees_close(_final_params(resumed, steps), _final_params(straight, steps), 1e-6)
+  logged = [l['step'] for l in _read_metrics(resumed) if 'loss' in l]
+  assert logged == list(range(2, steps + 1, 2)), logged  # Nothing logged twice or lost.
 
 
 def _small_demo_config(**overrides):
@@ -172,16 +218,16 @@ def _small_demo_config(**overrides):
 
 
 def test_devices_times_accumulation_invariance(tmp_path):
-  """4 x 1, 2 x 2 and 1 x 4 (devices x accumulation) train to the same parameters."""
+  """4 x 1 and 2 x 2 (devices x accumulation) train to the same parameters: the second mixes
+  both ways of spreading slots (s = a * D + d with a, d > 0), so one pair covers both."""
   params = {}
-  for devices, accum in ((4, 1), (2, 2), (1, 4)):
+  for devices, accum in ((4, 1), (2, 2)):
     workdir = tmp_path / f'd{devices}a{accum}'
     config = _small_demo_config(**{'mesh.data': devices, 'train.grad_accum': accum})
     result = train.run(config, str(workdir))
     assert result.step == 3
     params[(devices, accum)] = _final_params(workdir, 3)
   _assert_trees_close(params[(2, 2)], params[(4, 1)], 1e-5)
-  _assert_trees_close(params[(1, 4)], params[(4, 1)], 1e-5)
 
 
 @pytest.mark.slow

@@ -26,9 +26,11 @@ metadata, `SubBatch.meta`, one `ExampleMeta` per example slot (aligned with `exa
 span and summarization slot e is row e): the example's position in its stream, its question
 group (MultiRC), the raw context, gold answers and token character offsets of each MRC window,
 and the raw reference summary. It never goes to the device (the arrays and their shapes are
-the same as in training). An evaluation builder also picks MRC windows without looking at the
-answer: when a context has more windows than rows, it keeps the first R (training keeps the
-windows that hold the answer first).
+the same as in training). An evaluation builder also lays out EVERY window of an MRC question,
+without looking at the answer: a question with more windows than rows starts in an empty
+sub-batch and continues, R windows at a time, in the following ones (its last windows share a
+sub-batch with the next questions), so that its best span can be picked over all of them
+(training keeps at most R windows, those that hold the answer first).
 
 Bad inputs raise `ValueError` naming the task (label out of range, more choices than
 `data.max_choices`, span offsets outside the context): the dataset mappers are responsible for
@@ -41,6 +43,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Union
 
@@ -87,6 +90,8 @@ class ExampleMeta:
       of a question has the same group), '' when the dataset has none.
     context: span: the raw context text.
     answers: span: every gold answer text of the question.
+    gold_spans: span, DROP-style structured golds (the example's `answer_spans`): each gold
+      answer as a tuple of spans; () when the dataset has none (each of `answers` is a gold).
     offsets: span: [n, 2] int64 character (start, end) of each token of the tokenized context,
       shared by the example's windows.
     window: span: this row's window (columns of its context tokens, `first_token`).
@@ -97,6 +102,7 @@ class ExampleMeta:
   group: str = ''
   context: str = ''
   answers: tuple[str, ...] = ()
+  gold_spans: tuple[tuple[str, ...], ...] = ()
   offsets: np.ndarray | None = None
   window: SpanWindow | None = None
   reference: str = ''
@@ -159,12 +165,14 @@ Prepared = Union[PackedExample, SpanExample, Seq2SeqExample]
 
 
 class ExampleStream:
-  """One task's family examples, tokenized ahead in chunks, with a consumed-examples count.
+  """One task's family examples, tokenized ahead in chunks, with the position of what is consumed.
 
   The builder takes examples off the front only when they go into a sub-batch (`pop`);
-  examples tokenized ahead are lookahead, not consumed. So `consumed` is exactly how many
-  examples of the underlying iterator went into sub-batches, and a stream re-created from the
-  same iterator with that many examples skipped continues identically.
+  examples tokenized ahead are lookahead, not consumed. `consumed` counts the examples that
+  went into sub-batches, and, when the underlying iterator is checkpointable (grain's
+  `get_state()` / `set_state()`, e.g. `streams.FamilyStream`), `position()` is the iterator
+  state of the first example not consumed yet: restoring a fresh iterator to it continues the
+  stream identically, whatever was tokenized ahead.
 
   Create streams with `SubBatchBuilder.stream`.
   """
@@ -178,14 +186,30 @@ class ExampleStream:
     self._prepare = prepare
     self._chunk_size = chunk_size
     self._buffer: collections.deque[Prepared] = collections.deque()
+    # The iterator state before each buffered example (checkpointable iterators only).
+    self._tracks_position = hasattr(self._examples, 'get_state')
+    self._positions: collections.deque = collections.deque()
     self._exhausted = False
     self.consumed = 0
+    # Evaluation builders: windows of the front span example already placed in earlier
+    # sub-batches (a question with more windows than rows spans several sub-batches).
+    self.windows_placed = 0
 
   def peek(self) -> Prepared | None:
     """The next example (tokenized), or None at the end of the iterator."""
     if not self._buffer and not self._exhausted:
       # Tokenizing a chunk at once goes through the Rust tokenizer's batch path.
-      raw = list(itertools.islice(self._examples, self._chunk_size))
+      if self._tracks_position:
+        raw = []
+        for _ in range(self._chunk_size):
+          position = self._examples.get_state()
+          try:
+            raw.append(next(self._examples))
+          except StopIteration:
+            break
+          self._positions.append(position)
+      else:
+        raw = list(itertools.islice(self._examples, self._chunk_size))
       self._exhausted = len(raw) < self._chunk_size
       self._buffer.extend(self._prepare(raw))
     return self._buffer[0] if self._buffer else None
@@ -193,7 +217,17 @@ class ExampleStream:
   def pop(self) -> Prepared:
     """Consumes the example `peek` returned."""
     self.consumed += 1
+    if self._tracks_position:
+      self._positions.popleft()
     return self._buffer.popleft()
+
+  def position(self):
+    """The underlying iterator's state at the first example not consumed (checkpointable
+    iterators only)."""
+    if not self._tracks_position:
+      raise TypeError(f'the examples of {self.task_name} come from an iterator without '
+                      'get_state(); its position cannot be saved')
+    return self._positions[0] if self._positions else self._examples.get_state()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +236,9 @@ class SubBatch:
 
   Attributes:
     arrays: the fields of `BatchShape.field_specs()` (numpy, exact shapes and dtypes).
-    num_examples: examples consumed from the stream (0 only when the stream is exhausted).
+    num_examples: examples consumed from the stream (0 only when the stream is exhausted);
+      evaluation builders: examples with a row in the sub-batch (one MRC question with more
+      windows than rows is in several sub-batches).
     num_tokens: real (non-padding) encoder tokens.
     meta: evaluation builders only (None otherwise): [E] host-side metadata, one per example
       slot, None where `example_mask` is False. Not part of `arrays`: the device program
@@ -390,11 +426,9 @@ class SubBatchBuilder:
       starts = [0]
       while starts[-1] + budget < len(ids):
         starts.append(starts[-1] + step)
-      if len(starts) > rows and self.evaluation:
-        # Evaluation must not use the answer to choose what the model sees: the first R
-        # windows (a question whose answer lies beyond them still counts, as a miss).
-        starts = starts[:rows]
-      elif len(starts) > rows:
+      # Evaluation keeps every window (`_fill_span` spreads them over sub-batches): the answer
+      # must not choose what the model sees.
+      if len(starts) > rows and not self.evaluation:
         # More windows than rows: keep the windows that hold the answer, then the earliest
         # others, in context order (windows of one example stay in one sub-batch).
         holds = [s for s in starts if answer and s <= answer[0] and answer[1] < s + budget]
@@ -413,8 +447,10 @@ class SubBatchBuilder:
         windows.append(SpanWindow(tokens, first_col, first_col + len(window), start, end, s))
       meta = None
       if self.evaluation:
+        gold_spans = tuple(tuple(str(s) for s in gold)
+                           for gold in json.loads(ex.get('answer_spans') or '[]'))
         meta = ExampleMeta(context=ex['context'], answers=tuple(ex.get('answers') or ()),
-                           offsets=offsets)
+                           gold_spans=gold_spans, offsets=offsets)
       out.append(SpanExample(tuple(windows), meta))
     return out
 
@@ -472,17 +508,30 @@ class SubBatchBuilder:
 
   def _fill_span(self, stream: ExampleStream, arrays: dict[str, np.ndarray],
                  meta: list[ExampleMeta | None] | None) -> int:
-    """One window per row; all windows of an example in the same sub-batch."""
+    """One window per row; all windows of an example in the same sub-batch, except in
+    evaluation, where an example with more windows than rows starts in an empty sub-batch and
+    continues in the next ones (`stream.windows_placed` remembers where)."""
+    rows = self.shape.rows
     row, count = 0, 0
     while True:
       item = stream.peek()
-      if item is None or len(item.windows) > self.shape.rows - row:
+      if item is None:
         break
-      stream.pop()
+      placed = stream.windows_placed
+      windows = item.windows[placed:]
+      if len(windows) > rows - row and not (self.evaluation and row == 0):
+        break  # Does not fit: it opens the next sub-batch.
+      windows = windows[:rows - row]
+      index = stream.consumed  # The example's position (it is popped after its last window).
+      if placed + len(windows) == len(item.windows):
+        stream.pop()
+        stream.windows_placed = 0
+      else:
+        stream.windows_placed = placed + len(windows)
       count += 1
-      for w in item.windows:
+      for w in windows:
         if meta is not None:
-          meta[row] = dataclasses.replace(item.meta, index=stream.consumed - 1, window=w)
+          meta[row] = dataclasses.replace(item.meta, index=index, window=w)
         n = len(w.tokens)
         arrays['input_ids'][row, :n] = w.tokens
         arrays['segment_ids'][row, :n] = 1

@@ -3,12 +3,12 @@
 `RECORDS` holds the 47 numbered entries of the paper's appendix A.1, in the paper's order. That
 order is fixed: the number-of-tasks study (paper section 5.1, `tasks.first_k_mixture`) takes
 the first k tasks of `muppet_all` in this order. Sizes are hard-coded here because TFDS split
-sizes are not available offline (the TFDS wheel ships no dataset_info.json); they come from the
-project's dataset catalogue, CATALOGUE.md (TFDS testing metadata, HF cards, published figures).
+sizes are not available offline (the TFDS wheel ships no dataset_info.json); they come from
+TFDS's testing metadata, the Hugging Face dataset cards and the published figures.
 
 Decisions (each record's `notes` has the details):
 
-- #9 "SuperGLUE" is an umbrella record with no data (CATALOGUE open problem 1, option c): its
+- #9 "SuperGLUE" is an umbrella record with no data of its own: its
   training data are the SuperGLUE tasks listed on their own (#7 RTE, #10-#15, #45 ReCoRD). The
   alternatives were worse: AX-b/AX-g are test-only diagnostics (training on them contaminates
   them), super_glue/rte duplicates #7. It has no train split, so no seqio task is registered.
@@ -22,8 +22,9 @@ Decisions (each record's `notes` has the details):
   has 45 tasks: Table 1's 46 minus the SuperGLUE umbrella.
 - MRC: NQ, TriviaQA and HotpotQA use the MRQA 2019 conversions in TFDS (`mrqa/...`): clean
   character spans, contexts of tractable length, no Beam/95 GB NQ build. They are smaller than
-  the originals (503K MRC examples instead of the paper's 1.05M). DROP keeps only answers found
-  verbatim in the passage (the mapper drops computed numbers, dates and multi-span answers).
+  the originals (503K MRC examples instead of the paper's 1.05M). DROP trains only on answers
+  found verbatim in the passage (the mapper drops computed numbers, dates and multi-span
+  answers); its evaluation keeps every question (`preprocessors.EVAL_MAPPERS`).
   ReCoRD's TFDS version has no character offsets: the mapper finds the answer in the passage.
 - Multiple choice: num_classes is the most choices of an example (ARC: 5, usually 4). SciQ's
   correct answer always comes first in the raw data, so the mapper shuffles the options with a
@@ -51,10 +52,11 @@ import dataclasses
 import difflib
 from collections.abc import Mapping
 
+from muppet_jax import errors
 from muppet_jax.data.features import Family
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(errors.UserError, KeyError):
   """An unknown dataset, task or mixture name; the message lists close matches."""
 
   def __str__(self) -> str:  # KeyError would print the message quoted.
@@ -77,7 +79,7 @@ class DatasetRecord:
     eval_split: split used for evaluation ('' = none).
     train_size: training examples (the natural mixing rate).
     eval_size: evaluation examples.
-    metric: the standard metric name (see muppet_jax/evaluate.py).
+    metric: the standard metric name (see muppet_jax/eval/metrics.py).
     notes: decisions taken for this dataset (duplicates, label fixes, offsets ...).
   """
 
@@ -151,7 +153,7 @@ RECORDS: tuple[DatasetRecord, ...] = (
     DatasetRecord(
         slug='superglue', name='SuperGLUE', family=_C, source='tfds:super_glue',
         num_classes=0, train_split='', eval_split='', train_size=0, eval_size=0,
-        notes='Umbrella entry with no data of its own (CATALOGUE open problem 1, option c): '
+        notes='Umbrella entry with no data of its own: '
               'its tasks are #7 RTE, #10-#15 and #45 ReCoRD. AX-b/AX-g are test-only '
               'diagnostics (training on them would contaminate them) and super_glue/rte '
               'duplicates #7. No seqio task; not in any mixture; the source names the '
@@ -178,9 +180,9 @@ RECORDS: tuple[DatasetRecord, ...] = (
     DatasetRecord(
         slug='cb', name='CB', family=_C, source='tfds:super_glue/cb:1.0.2', num_classes=3,
         label_names=('entailment', 'contradiction', 'neutral'), train_size=250, eval_size=56,
-        metric='f1_accuracy',
-        notes="Label order differs from MNLI's; kept (own head). F1 here is macro-F1 over the "
-              '3 classes (SuperGLUE convention).'),
+        metric='cb',
+        notes="Label order differs from MNLI's; kept (own head). Score: the mean of accuracy and "
+              'the macro-F1 over the 3 classes (SuperGLUE convention).'),
     DatasetRecord(
         slug='copa', name='COPA', family=_C, source='tfds:super_glue/copa:1.0.2', num_classes=2,
         label_names=('choice1', 'choice2'), train_size=400, eval_size=100,
@@ -333,10 +335,11 @@ RECORDS: tuple[DatasetRecord, ...] = (
               'character spans given. The full natural_questions (45 GB, Beam) is not used.'),
     DatasetRecord(
         slug='drop', name='DROP', family=_SPAN, source='tfds:drop:2.0.0', eval_split='dev',
-        train_size=77_409, eval_size=9_536, metric='squad',
-        notes='Eval split is `dev`. Only answers found verbatim in the passage are kept (first '
-              'occurrence); computed numbers, dates and multi-span answers are dropped by the '
-              'mapper, so fewer examples are seen than train_size. Metric: EM/F1 as SQuAD.'),
+        train_size=77_409, eval_size=9_536, metric='drop',
+        notes='Eval split is `dev`. Training keeps only answers found verbatim in the passage '
+              '(first occurrence); computed numbers, dates and multi-span answers are dropped by '
+              'the mapper, so fewer examples are seen than train_size. Evaluation keeps every '
+              'question and scores it with the official DROP EM/F1 (number-aware, multi-span).'),
     DatasetRecord(
         slug='record', name='ReCoRD', family=_SPAN, source='tfds:super_glue/record:1.0.2',
         train_size=100_730, eval_size=10_000, metric='record',
@@ -364,6 +367,21 @@ EXCLUDED_FROM_ALL: Mapping[str, str] = {
 _BY_SLUG: dict[str, DatasetRecord] = {r.slug: r for r in RECORDS}
 if len(_BY_SLUG) != len(RECORDS):
   raise ValueError('duplicate slug in catalogue.RECORDS')
+
+
+# Canonical split names of every task: training, and the held-out split evaluation uses.
+TRAIN = 'train'
+VALIDATION = 'validation'
+
+
+def split_map(record: DatasetRecord) -> dict[str, str]:
+  """Canonical split name -> the dataset's own split name ('validation' -> 'dev' ...)."""
+  splits = {}
+  if record.train_split:
+    splits[TRAIN] = record.train_split
+  if record.eval_split:
+    splits[VALIDATION] = record.eval_split
+  return splits
 
 
 def get(slug: str) -> DatasetRecord:

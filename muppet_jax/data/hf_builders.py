@@ -5,10 +5,12 @@ small `tfds.core.GeneratorBasedBuilder` here whose features copy the HF dataset 
 every dataset of the catalogue goes through the same path (TFDS -> seqio Task -> mapper) and
 works offline under `tfds.testing.mock_data`, which only needs the features.
 
-Preparing one of them for real (`tfds.builder('hf_swag').download_and_prepare()`, or simply
-the first `tfds.load`) reads the data with the HF `datasets` library, imported lazily because
-it is only needed then. `datasets` >= 4 refuses repositories that still hold a loading script
-(HANS): for those the hub's automatic parquet export (`refs/convert/parquet`) is read instead.
+They are prepared like every other dataset, as TFDS ArrayRecord, by
+`python -m muppet_jax.data.prepare --tasks hans,swag,... --data_dir DIR` (TFDS's generator
+path: no apache_beam). Preparing reads the data with the HF `datasets` library
+(requirements-data.txt), imported lazily because it is only needed then. `datasets` >= 4
+refuses repositories that still hold a loading script (HANS): for those the hub's automatic
+parquet export (`refs/convert/parquet`) is read instead.
 
 HotpotQA has no builder here: the catalogue uses TFDS `mrqa/hotpot_qa` (see catalogue.py).
 
@@ -55,8 +57,8 @@ def load_hf_split(source: HfSource, split: str) -> Any:
     import datasets  # pylint: disable=g-import-not-at-top  # Heavy and only needed online.
   except ImportError as e:
     raise ImportError(
-        f'Preparing {source.dataset_id} needs the Hugging Face `datasets` package '
-        '(pip install datasets); offline tests use tfds.testing.mock_data instead.') from e
+        f'Preparing {source.dataset_id} needs the Hugging Face `datasets` package: '
+        'pip install -r requirements-data.txt (or pip install datasets)') from e
   try:
     return datasets.load_dataset(source.dataset_id, source.config, split=split)
   except RuntimeError as e:

@@ -4,8 +4,13 @@ r"""Prints a task's raw, mapped and tokenized examples: a look at what the model
       [--tokenizer DIR_OR_HUB_ID] [--model_type roberta|bart] [--length 128] \
       [--tfds_data_dir DIR] [--mock]
 
+Reads the prepared data only (`python -m muppet_jax.data.prepare`), never the network: a
+dataset that is not prepared under `--tfds_data_dir` ('' = TFDS's default) stops at once with
+the prepare command (`prepare.preflight`). Prints
+
 1. the catalogue record (source, family, splits, sizes, notes);
-2. raw: the first `--num` records of the split as TFDS yields them (plain python);
+2. raw: the first `--num` records of the split as the training streams read them
+   (`streams.open_source`: TFDS ArrayRecord random access, plain python);
 3. mapped: each raw record through the dataset's mapper, or the reason it is dropped;
 4. tokenized (with `--tokenizer`; demo tasks use the demo BPE by default): one sub-batch as
    batching.py builds it, each row's segments as tokens, with labels / spans / targets.
@@ -24,12 +29,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import seqio
 import tensorflow_datasets as tfds
 
+from muppet_jax import cli
 from muppet_jax.data import batching
 from muppet_jax.data import demo
+from muppet_jax.data import prepare
 from muppet_jax.data import preprocessors
+from muppet_jax.data import streams
 from muppet_jax.data import tasks
 from muppet_jax.data.catalogue import DatasetRecord
 from muppet_jax.data.features import BatchShape, Family, TaskTable
@@ -54,10 +61,10 @@ def _dump(value: Any) -> str:
   return json.dumps(_short(value), indent=2, ensure_ascii=False, default=str)
 
 
-def _raw_examples(task_name: str, split: str, num: int) -> list[dict]:
-  source = tasks.get_task(task_name).source
-  dataset = source.get_dataset(split=split, shuffle=False).take(num)
-  return [tasks.to_python(raw) for raw in dataset.as_numpy_iterator()]
+def _raw_examples(record: DatasetRecord, split: str, num: int, data_dir: str) -> list[dict]:
+  """The first `num` records of a split, read by index like the training streams read them."""
+  source = streams.open_source(record, split, data_dir)
+  return [source[i] for i in range(min(num, len(source)))]
 
 
 def _map(record: DatasetRecord, raw: dict) -> tuple[list[dict], str]:
@@ -134,8 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   except tasks.UnknownNameError as e:
     print(e, file=sys.stderr)
     return 2
-  if args.tfds_data_dir:
-    seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+  data_dir = prepare.resolve_data_dir(args.tfds_data_dir)
+  if not args.mock:
+    try:  # Offline and in seconds: a dataset that is not prepared is named with the fix.
+      prepare.preflight([record.task_name], data_dir, splits=(args.split,), sample=0)
+    except prepare.DataNotPreparedError as e:
+      print(f'error: {cli.one_line(e)}', file=sys.stderr)
+      return cli.USER_ERROR_EXIT_CODE
   print(f'== {record.task_name}: {record.name} ({record.family.name.lower()}, '
         f'{record.source})')
   print(f'   splits: {tasks.split_map(record)}; train {record.train_size:,}, eval '
@@ -147,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   mock = (tfds.testing.mock_data(num_examples=args.num) if args.mock
           else contextlib.nullcontext())
   with mock:
-    raws = _raw_examples(args.task, args.split, args.num)
+    raws = _raw_examples(record, args.split, args.num, data_dir)
   mapped_all = []
   for i, raw in enumerate(raws):
     print(f'\n-- raw {i}:\n{_dump(raw)}')

@@ -20,6 +20,14 @@ One optional field: the mappers of the datasets in `GROUPED` (MultiRC, ERASER Mu
 `'group': str` to their classification examples, the question an answer option belongs to, so
 that evaluation can score MultiRC's per-question exact match. Training ignores it.
 
+Evaluation splits use `EVAL_MAPPERS` where the official scoring needs records that training
+drops (`mapper_for(slug, evaluation=True)`): the extractive-QA sets keep every question, also
+one whose answer cannot be located in the context (then answer_start = answer_end = 0, which
+batching treats as "not in any window", and `answers` holds every gold text to score against);
+DROP keeps its whole validation split, and its evaluation examples add `'answer_spans': str`
+(`STRUCTURED_ANSWERS`): a JSON list of the gold answers, each a list of spans, as the official
+drop_eval.py flattens numbers, dates and multi-span answers.
+
 A record that cannot be mapped faithfully (missing field, unlabelled or out-of-range label,
 empty text, answer absent from the context, wrong number of choices ...) raises `BadRecord`.
 `DropCounter` wraps the mappers so that such records are dropped and counted by reason instead
@@ -34,6 +42,7 @@ from __future__ import annotations
 import ast
 import collections
 import hashlib
+import json
 import operator
 import random
 import re
@@ -41,7 +50,11 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from absl import logging
+
+from muppet_jax.data.catalogue import DatasetRecord
+from muppet_jax.data.features import Family
 
 Example = dict[str, Any]
 Mapper = Callable[[dict], list[Example]]
@@ -351,7 +364,7 @@ def map_multirc(raw: dict) -> list[Example]:
 
 
 def map_eraser_multi_rc(raw: dict) -> list[Example]:
-  """ERASER MultiRC: (passage, 'question || answer' as is, as CATALOGUE.md maps it).
+  """ERASER MultiRC: (passage, 'question || answer' as is: the query already joins them).
 
   group: the passage's digest and the question (the text before ' || '): ERASER has no
   question ids, and a question is one passage's question text.
@@ -414,7 +427,7 @@ _COPA_QUESTIONS = {'cause': ' What was the cause?', 'effect': ' What was the eff
 
 
 def map_copa(raw: dict) -> list[Example]:
-  """COPA as 2-class classification (CATALOGUE.md): label 0 = choice1, 1 = choice2.
+  """COPA as 2-class classification (as the paper counts it): label 0 = choice1, 1 = choice2.
 
   text_a = premise + ' What was the cause?' (or '... effect?'),
   text_b = choice1 + ' </s> ' + choice2.
@@ -782,6 +795,157 @@ def map_record(raw: dict) -> list[Example]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Extractive QA, evaluation splits: every question is kept (the official scripts score them all).
+# ---------------------------------------------------------------------------------------------
+
+_NOT_FOUND = 'answer not found in context'
+
+
+def _unlocated_example(context: str, question: str, answers: Sequence[str]) -> list[Example]:
+  """An evaluation span example whose answer is in no window (answer_start = answer_end = 0):
+  it is predicted and scored against `answers` like any other question."""
+  if not question.strip():
+    raise BadRecord('empty text')
+  return [{'context': context, 'question': question.strip(), 'answer_start': 0,
+           'answer_end': 0, 'answers': list(answers)}]
+
+
+def map_squad_eval(raw: dict) -> list[Example]:
+  """SQuAD v1.1 evaluation: `map_squad`, keeping a question whose answer cannot be placed."""
+  try:
+    return map_squad(raw)
+  except BadRecord as e:
+    if e.reason != _NOT_FOUND:
+      raise
+  gold = _dedup(_texts(_field(_field(raw, 'answers'), 'text'), 'answers.text'))
+  return _unlocated_example(_str(_field(raw, 'context'), 'context'), _text(raw, 'question'),
+                            gold)
+
+
+def _map_mrqa_eval(raw: dict) -> list[Example]:
+  """MRQA evaluation: `_map_mrqa`'s span, scored against `answers` only, as the MRQA official
+  script does (training also accepts the detected answer texts); a question whose answer
+  cannot be placed is kept."""
+  try:
+    examples = _map_mrqa(raw)
+  except BadRecord as e:
+    if e.reason != _NOT_FOUND:
+      raise
+    examples = None
+  detected = _field(raw, 'detected_answers')
+  gold = _dedup(_texts(raw.get('answers') or [], 'answers')) or _dedup(
+      _texts(_field(detected, 'text'), 'detected_answers.text'))
+  if examples is None:
+    return _unlocated_example(_str(_field(raw, 'context'), 'context'), _text(raw, 'question'),
+                              gold)
+  examples[0]['answers'] = gold
+  return examples
+
+
+def map_natural_questions_eval(raw: dict) -> list[Example]:
+  """Natural Questions (MRQA) evaluation: `_map_mrqa_eval`."""
+  return _map_mrqa_eval(raw)
+
+
+def map_trivia_qa_eval(raw: dict) -> list[Example]:
+  """TriviaQA (MRQA) evaluation: `_map_mrqa_eval`."""
+  return _map_mrqa_eval(raw)
+
+
+def map_hotpot_qa_eval(raw: dict) -> list[Example]:
+  """HotpotQA evaluation: `_map_mrqa_eval` (MRQA), or the HF distractor format with every
+  question kept (yes/no answers too: they are in no span, and score as the official script
+  scores them)."""
+  if 'detected_answers' in raw:
+    return _map_mrqa_eval(raw)
+  try:
+    return map_hotpot_qa(raw)
+  except BadRecord as e:
+    if e.reason not in (_NOT_FOUND, 'non-extractive answer'):
+      raise
+  answer = _text(raw, 'answer')
+  ctx, facts = _field(raw, 'context'), _field(raw, 'supporting_facts')
+  gold_titles = set(_texts(_field(facts, 'title'), 'supporting_facts.title'))
+  paragraphs = [f'{title}: ' + ''.join(_texts(sentences, 'context.sentences')).strip()
+                for title, sentences in zip(_texts(_field(ctx, 'title'), 'context.title'),
+                                            _field(ctx, 'sentences'))
+                if title in gold_titles]
+  return _unlocated_example(' '.join(paragraphs), _text(raw, 'question'), [answer])
+
+
+def map_record_eval(raw: dict) -> list[Example]:
+  """ReCoRD evaluation: `map_record`, keeping a query whose entity cannot be placed."""
+  try:
+    return map_record(raw)
+  except BadRecord as e:
+    if e.reason != _NOT_FOUND:
+      raise
+  passage = _text(raw, 'passage')
+  passage = _RECORD_HIGHLIGHT.sub('. ', _RECORD_HIGHLIGHT_AFTER_PUNCT.sub(r'\1 ', passage))
+  return _unlocated_example(passage, _text(raw, 'query'),
+                            _dedup(_texts(_field(raw, 'answers'), 'answers')))
+
+
+# TFDS's rendering of a DROP date, f'{year}-{month}-{day}' ('1995-May-3', '-May-3').
+_DROP_DATE_PARTS = re.compile(r'^(\d*)-([^-\s]*)-(\d+\w*)$')
+
+
+def _drop_gold(answer: Any) -> list[str]:
+  """One DROP gold answer as the official `answer_json_to_strings` flattens it.
+
+  The release's JSON ({'number', 'date': {'day', 'month', 'year'}, 'spans'}): the number if
+  set, else the spans, else the date as 'day month year'. TFDS's flattened string: a number or
+  the FIRST span as they are, a date 'year-month-day' turned into 'day month year'. TFDS loses
+  the other spans of a multi-span answer and the dates without a day (it gives ''); such a
+  blank gold answer is skipped by the metric, as the official script skips it.
+  """
+  if isinstance(answer, Mapping):
+    if answer.get('number'):
+      return [str(answer['number'])]
+    if answer.get('spans'):
+      return _texts(answer['spans'], 'spans')
+    date = answer.get('date')
+    if not isinstance(date, Mapping):
+      raise BadRecord('answer type not found')
+    return [f"{date.get('day', '')} {date.get('month', '')} {date.get('year', '')}"]
+  text = _str(answer, 'answer').strip()
+  date = _DROP_DATE_PARTS.match(text)
+  if date:
+    year, month, day = date.groups()
+    return [f'{day} {month} {year}']
+  return [text]
+
+
+def map_drop_eval(raw: dict) -> list[Example]:
+  """DROP evaluation: every question of the split, with its structured gold answers.
+
+  `answer_spans` (JSON) lists the released answer then the validated answers, each a list of
+  spans (`_drop_gold`); `answers` holds their distinct texts. The span the model is trained
+  to find (answer_start/answer_end, for the evaluation loss only) is the first of those texts
+  that occurs as a whole word in the passage, else 0, 0.
+  """
+  passage = _str(_field(raw, 'passage'), 'passage')
+  if not passage.strip():
+    raise BadRecord('empty text')
+  validated = raw.get('validated_answers') or []
+  if isinstance(validated, Mapping):  # A TFDS Sequence of dicts arrives as a dict of lists.
+    validated = [dict(zip(validated, values)) for values in zip(*validated.values())]
+  golds = [_drop_gold(_field(raw, 'answer'))] + [_drop_gold(a) for a in validated]
+  texts = _dedup(span for gold in golds for span in gold)
+  question = _text(raw, 'question')
+  examples = None
+  for text in texts:
+    pos = _find_bounded(passage, text)
+    if pos != -1:
+      examples = _span_example(passage, question, pos, pos + len(text), texts)
+      break
+  if examples is None:
+    examples = _unlocated_example(passage, question, texts)
+  examples[0]['answer_spans'] = json.dumps(golds)
+  return examples
+
+
+# ---------------------------------------------------------------------------------------------
 # Summarization.
 # ---------------------------------------------------------------------------------------------
 
@@ -837,7 +1001,14 @@ MAPPERS: dict[str, Mapper] = {
 
 # Mappers used for a dataset's evaluation split instead of its `MAPPERS` entry, where scoring
 # as the official script does needs records that training drops (see `mapper_for`).
-EVAL_MAPPERS: dict[str, Mapper] = {}
+EVAL_MAPPERS: dict[str, Mapper] = {
+    'squad': map_squad_eval, 'natural_questions': map_natural_questions_eval,
+    'trivia_qa': map_trivia_qa_eval, 'hotpot_qa': map_hotpot_qa_eval,
+    'record': map_record_eval, 'drop': map_drop_eval,
+}
+
+# Datasets whose evaluation mapper adds the optional `answer_spans` field (module docstring).
+STRUCTURED_ANSWERS: frozenset[str] = frozenset({'drop'})
 
 
 def mapper_for(slug: str, evaluation: bool = False) -> Mapper:
@@ -924,3 +1095,107 @@ class DropCounter:
     """Logs `summary()` at INFO level, one line per dataset."""
     for line in self.summary().splitlines():
       logging.info('Preprocessing: %s', line)
+
+
+# Process-wide drop accounting of every task's mapper (thread-safe; `counts`, `summary`).
+DROP_COUNTER = DropCounter()
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw records in, checked family examples out.
+# ---------------------------------------------------------------------------------------------
+
+# The fields of each family's examples and their python types (module docstring); the seqio
+# tasks' tf.data signatures (tasks.FAMILY_SIGNATURES) are derived from these.
+FAMILY_FIELDS: Mapping[Family, Mapping[str, type]] = {
+    Family.CLASSIFICATION: {'text_a': str, 'text_b': str, 'label': int},
+    Family.MULTIPLE_CHOICE: {'context': str, 'question': str, 'choices': list, 'label': int},
+    Family.SPAN: {'context': str, 'question': str, 'answer_start': int, 'answer_end': int,
+                  'answers': list},
+    Family.SUMMARIZATION: {'document': str, 'summary': str},
+}
+
+# Optional fields, present exactly for the datasets whose mapper emits them: `group`, the
+# question of a MultiRC answer option (GROUPED). Host-side evaluation metadata: batching.py
+# reads only the family's fields, so training is unaffected.
+GROUP_FIELD = 'group'
+# `answer_spans`, evaluation splits only (STRUCTURED_ANSWERS, i.e. DROP): JSON of the gold
+# answers, each a list of spans, for the official DROP metric.
+ANSWER_SPANS_FIELD = 'answer_spans'
+
+
+def example_fields(record: DatasetRecord, evaluation: bool = False) -> dict[str, type]:
+  """The fields (name -> python type; `list` = list of str) of a task's family examples; with
+  `evaluation`, of its evaluation-split examples (`mapper_for(slug, True)`)."""
+  fields = dict(FAMILY_FIELDS[record.family])
+  if record.slug in GROUPED:
+    fields[GROUP_FIELD] = str
+  if evaluation and record.slug in STRUCTURED_ANSWERS:
+    fields[ANSWER_SPANS_FIELD] = str
+  return fields
+
+
+def to_python(value: Any) -> Any:
+  """A raw record as TFDS yields it (numpy, bytes) -> plain python, recursively.
+
+  bytes -> str, arrays -> lists, numpy scalars -> python scalars, dicts stay dicts (a TFDS
+  Sequence of dicts stays a dict of lists).
+  """
+  if isinstance(value, bytes):  # Also np.bytes_.
+    # 'replace' rather than failing a whole stream on one badly encoded record.
+    return value.decode('utf-8', errors='replace')
+  if isinstance(value, dict):
+    return {k: to_python(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):  # tfds.data_source's Sequence-of-dict features.
+    return [to_python(v) for v in value]
+  if isinstance(value, np.ndarray):
+    if value.ndim == 0:
+      return to_python(value.item())
+    return [to_python(v) for v in value]
+  if isinstance(value, np.generic):
+    return to_python(value.item())
+  return value
+
+
+def check_family_example(example: Mapping[str, Any], record: DatasetRecord,
+                         evaluation: bool = False) -> dict[str, Any]:
+  """Returns the example restricted to the task's fields, raising on a malformed one.
+
+  Mappers must raise BadRecord for records they cannot map; an example that reaches this point
+  malformed is a mapper bug, so it fails loudly instead of being trained on. With `evaluation`
+  (examples of an evaluation mapper), the evaluation fields are kept too, and a span example
+  may have answer_start = answer_end = 0: a question whose answer is in no window.
+  """
+  family, num_classes, task_name = record.family, record.num_classes, record.task_name
+  fields = example_fields(record, evaluation)
+  missing = [k for k in fields if k not in example]
+  if missing:
+    raise ValueError(f'{task_name}: mapper output lacks {missing}: {example!r:.300}')
+  out = {}
+  for key, kind in fields.items():
+    value = example[key]
+    if kind is str:
+      ok = isinstance(value, str)
+    elif kind is list:
+      ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+      value = list(value)
+    else:
+      ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+      value = int(value)
+    if not ok:
+      raise ValueError(f'{task_name}: field {key!r} has the wrong type: {example!r:.300}')
+    out[key] = value
+  problem = None
+  if family == Family.CLASSIFICATION and not 0 <= out['label'] < num_classes:
+    problem = f'label {out["label"]} not in [0, {num_classes})'
+  elif family == Family.MULTIPLE_CHOICE and not 0 <= out['label'] < len(out['choices']):
+    problem = f'label {out["label"]} not in [0, {len(out["choices"])}) choices'
+  elif family == Family.SPAN and not (
+      0 <= out['answer_start'] < out['answer_end'] <= len(out['context']) or
+      (evaluation and out['answer_start'] == out['answer_end'] == 0)):
+    problem = (f'span [{out["answer_start"]}, {out["answer_end"]}) outside the context '
+               f'({len(out["context"])} chars)')
+  if problem:
+    raise ValueError(f'{task_name}: mapper emitted an invalid example ({problem}): '
+                     f'{example!r:.300}')
+  return out

@@ -1,4 +1,5 @@
-"""seqio registration of the pre-finetuning tasks and mixtures, and the family-example stream.
+"""seqio registration of the pre-finetuning tasks and mixtures: the registry of names, splits,
+mappers and natural rates.
 
 Importing this module registers (idempotently: importing again is a no-op):
 
@@ -18,16 +19,20 @@ real split names from the catalogue (e.g. RACE 'validation' -> 'dev', MNLI -> 'v
 matched', AG News -> 'test'). They are always passed to seqio explicitly: seqio's TfdsDataSource
 otherwise asks TFDS for the split list, which is empty offline and under mock data.
 
-Pipeline of one task: TFDS source (for HF-only datasets, the local builders of hf_builders.py)
--> one dataset-level preprocessor that runs the dataset's python mapper
-(`preprocessors.MAPPERS[slug]`, raw example as plain python -> 0..n family examples; bad records
-are dropped and counted by the process-wide `DROP_COUNTER`) -> a `tf.data` dataset of family
-examples with a fixed signature per task (`example_signature`: the family's
-`FAMILY_SIGNATURES`, plus the optional `group` field for the datasets in
-`preprocessors.GROUPED`, which evaluation uses and batching ignores). The tasks have no
-`output_features`: tokenization happens later, in batching.py. So
-`task.get_dataset(sequence_length=None, split=..., shuffle=False)` works, and the trainer reads
-plain python examples through `family_examples(...)`.
+Training and evaluation do not read through seqio: they read the same TFDS data with grain
+random-access streams (`streams.py`) and apply the same mapper functions. The seqio Tasks are
+the registry, and the tf.data view for anyone who wants it: TFDS source (for HF-only datasets,
+the local builders of hf_builders.py) -> one dataset-level preprocessor that runs the dataset's
+python mapper (`preprocessors.MAPPERS[slug]`, raw example as plain python -> 0..n family
+examples; bad records are dropped and counted by the process-wide `DROP_COUNTER`) -> a `tf.data`
+dataset of family examples with a fixed signature per task (`example_signature`). The tasks
+have no `output_features` (tokenization happens in batching.py), so
+`task.get_dataset(sequence_length=None, split=..., shuffle=False)` works. TFDS 4.9 reads tf.data
+only from a TFRecord preparation (`python -m muppet_jax.data.prepare` writes ArrayRecord; a
+TFRecord preparation it converted keeps both).
+
+`register_dataset(record, mapper)` adds a dataset of your own; `SeqioVocabulary` wraps a run's
+tokenizer as a `seqio.Vocabulary`.
 """
 
 from __future__ import annotations
@@ -46,41 +51,32 @@ from muppet_jax.data import catalogue
 from muppet_jax.data import demo
 from muppet_jax.data import hf_builders
 from muppet_jax.data import preprocessors
+from muppet_jax.data.catalogue import TRAIN  # pylint: disable=unused-import  (public name)
+from muppet_jax.data.catalogue import VALIDATION  # pylint: disable=unused-import
 from muppet_jax.data.catalogue import DatasetRecord
 from muppet_jax.data.catalogue import UnknownNameError
+from muppet_jax.data.catalogue import split_map
+from muppet_jax.data.preprocessors import DROP_COUNTER
+from muppet_jax.data.preprocessors import check_family_example
+from muppet_jax.data.preprocessors import to_python
 from muppet_jax.data.features import Family
 from muppet_jax.data.features import TaskTable
+from muppet_jax.data.vocab import HFVocabulary
 
-# Canonical split names of every task.
-TRAIN = 'train'
-VALIDATION = 'validation'
+_TF_TYPES = {str: tf.TensorSpec([], tf.string), list: tf.TensorSpec([None], tf.string),
+             int: tf.TensorSpec([], tf.int64)}
 
-_STR = tf.TensorSpec([], tf.string)
-_STRS = tf.TensorSpec([None], tf.string)
-_INT = tf.TensorSpec([], tf.int64)
-
-# The tf.data element signature of each family's examples (see preprocessors.py for meaning).
+# The tf.data element signature of each family's examples (preprocessors.FAMILY_FIELDS).
 FAMILY_SIGNATURES: Mapping[Family, Mapping[str, tf.TensorSpec]] = {
-    Family.CLASSIFICATION: {'text_a': _STR, 'text_b': _STR, 'label': _INT},
-    Family.MULTIPLE_CHOICE: {'context': _STR, 'question': _STR, 'choices': _STRS,
-                             'label': _INT},
-    Family.SPAN: {'context': _STR, 'question': _STR, 'answer_start': _INT, 'answer_end': _INT,
-                  'answers': _STRS},
-    Family.SUMMARIZATION: {'document': _STR, 'summary': _STR},
-}
-
-# Optional fields, present exactly for the datasets whose mapper emits them: `group`, the
-# question of a MultiRC answer option (preprocessors.GROUPED). Host-side evaluation metadata:
-# batching.py reads only the family's fields, so training is unaffected.
-GROUP_FIELD = 'group'
+    family: {k: _TF_TYPES[t] for k, t in fields.items()}
+    for family, fields in preprocessors.FAMILY_FIELDS.items()}
 
 
-def example_signature(record: DatasetRecord) -> dict[str, tf.TensorSpec]:
-  """The tf.data element signature of a task's family examples (see FAMILY_SIGNATURES)."""
-  signature = dict(FAMILY_SIGNATURES[record.family])
-  if record.slug in preprocessors.GROUPED:
-    signature[GROUP_FIELD] = _STR
-  return signature
+def example_signature(record: DatasetRecord,
+                      evaluation: bool = False) -> dict[str, tf.TensorSpec]:
+  """The tf.data element signature of a task's family examples (`preprocessors.example_fields`:
+  the family's fields and the dataset's optional ones)."""
+  return {k: _TF_TYPES[t] for k, t in preprocessors.example_fields(record, evaluation).items()}
 
 
 MUPPET_ALL = 'muppet_all'
@@ -90,73 +86,9 @@ MUPPET_DEMO_ENCODER = 'muppet_demo_encoder'
 
 _ENCODER_FAMILIES = (Family.CLASSIFICATION, Family.MULTIPLE_CHOICE, Family.SPAN)
 
-# Process-wide drop accounting of every task's mapper (thread-safe; read with drop_counts()).
-DROP_COUNTER = preprocessors.DropCounter()
-
-
 # ---------------------------------------------------------------------------------------------
-# Python <-> tf.data conversion.
+# seqio's tf.data view: raw TFDS examples -> family examples.
 # ---------------------------------------------------------------------------------------------
-
-
-def to_python(value: Any) -> Any:
-  """Numpy/bytes (as `as_numpy_iterator` yields them) -> plain python, recursively.
-
-  bytes -> str, arrays -> lists, numpy scalars -> python scalars, dicts stay dicts (a TFDS
-  Sequence of dicts stays a dict of lists).
-  """
-  if isinstance(value, bytes):  # Also np.bytes_.
-    # 'replace' rather than failing a whole stream on one badly encoded record.
-    return value.decode('utf-8', errors='replace')
-  if isinstance(value, dict):
-    return {k: to_python(v) for k, v in value.items()}
-  if isinstance(value, np.ndarray):
-    if value.ndim == 0:
-      return to_python(value.item())
-    return [to_python(v) for v in value]
-  if isinstance(value, np.generic):
-    return to_python(value.item())
-  return value
-
-
-def _check_family_example(example: Mapping[str, Any], record: DatasetRecord) -> dict[str, Any]:
-  """Returns the example restricted to the task's fields, raising on a malformed one.
-
-  Mappers must raise BadRecord for records they cannot map; an example that reaches this point
-  malformed is a mapper bug, so it fails loudly instead of being trained on.
-  """
-  family, num_classes, task_name = record.family, record.num_classes, record.task_name
-  signature = example_signature(record)
-  missing = [k for k in signature if k not in example]
-  if missing:
-    raise ValueError(f'{task_name}: mapper output lacks {missing}: {example!r:.300}')
-  out = {}
-  for key, spec in signature.items():
-    value = example[key]
-    if spec.dtype == tf.string and spec.shape.rank == 0:
-      ok = isinstance(value, str)
-    elif spec.dtype == tf.string:
-      ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-      value = list(value)
-    else:
-      ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-      value = int(value)
-    if not ok:
-      raise ValueError(f'{task_name}: field {key!r} has the wrong type: {example!r:.300}')
-    out[key] = value
-  problem = None
-  if family == Family.CLASSIFICATION and not 0 <= out['label'] < num_classes:
-    problem = f'label {out["label"]} not in [0, {num_classes})'
-  elif family == Family.MULTIPLE_CHOICE and not 0 <= out['label'] < len(out['choices']):
-    problem = f'label {out["label"]} not in [0, {len(out["choices"])}) choices'
-  elif family == Family.SPAN and not (
-      0 <= out['answer_start'] < out['answer_end'] <= len(out['context'])):
-    problem = (f'span [{out["answer_start"]}, {out["answer_end"]}) outside the context '
-               f'({len(out["context"])} chars)')
-  if problem:
-    raise ValueError(f'{task_name}: mapper emitted an invalid example ({problem}): '
-                     f'{example!r:.300}')
-  return out
 
 
 class MapToFamily:
@@ -185,7 +117,7 @@ class MapToFamily:
       try:
         for raw in dataset.as_numpy_iterator():
           for example in DROP_COUNTER.apply(record.slug, to_python(raw)):
-            yield _check_family_example(example, record)
+            yield check_family_example(example, record)
       finally:
         counts = DROP_COUNTER.counts.get(record.slug)
         if counts and counts['dropped']:
@@ -198,16 +130,6 @@ class MapToFamily:
 # ---------------------------------------------------------------------------------------------
 # Data sources.
 # ---------------------------------------------------------------------------------------------
-
-
-def split_map(record: DatasetRecord) -> dict[str, str]:
-  """Canonical split name -> the dataset's own split name ('validation' -> 'dev' ...)."""
-  splits = {}
-  if record.train_split:
-    splits[TRAIN] = record.train_split
-  if record.eval_split:
-    splits[VALIDATION] = record.eval_split
-  return splits
 
 
 def _catalogue_sizes(record: DatasetRecord) -> dict[str, int]:
@@ -294,7 +216,7 @@ def _demo_dataset(record: DatasetRecord, split: str, shuffle_files: bool,
 
   def generate() -> Iterator[dict[str, Any]]:
     for example in examples:
-      yield _check_family_example(example, record)
+      yield check_family_example(example, record)
 
   return tf.data.Dataset.from_generator(generate, output_signature=example_signature(record))
 
@@ -336,6 +258,33 @@ def _register_task(record: DatasetRecord) -> None:
   )
 
 
+def register_dataset(record: DatasetRecord, mapper: preprocessors.Mapper | None = None) -> str:
+  """Adds a dataset that is not in the catalogue: its seqio task `muppet_<slug>` and mapper.
+
+  For your own data: describe it with a `catalogue.DatasetRecord` (a TFDS source
+  'tfds:<name>:<version>' whose builder is registered with TFDS, family, classes, split names,
+  sizes), give the function that maps one raw record to 0..n family examples
+  (preprocessors.py's module docstring has the formats), prepare it with
+  `python -m muppet_jax.data.prepare`, then use `data.mixture=muppet_<slug>` or put the task
+  into a mixture of your own (`seqio.MixtureRegistry.add`).
+
+  Returns:
+    The task name. Registering the same record again is a no-op; another record under the
+    same slug raises.
+  """
+  known = _RECORDS_BY_TASK.get(record.task_name)
+  if known is not None and known != record:
+    raise ValueError(f'task {record.task_name} is already registered with another record')
+  if not record.source.startswith('demo:'):
+    if mapper is None and record.slug not in preprocessors.MAPPERS:
+      raise ValueError(f'{record.slug}: register_dataset needs a mapper (raw record -> family '
+                       'examples)')
+    if mapper is not None:
+      preprocessors.MAPPERS[record.slug] = mapper
+  _register_task(record)
+  return record.task_name
+
+
 def _register_mixture(name: str, records: Iterable[DatasetRecord]) -> str:
   """Registers a natural-rate mixture (rate = catalogue train_size) unless it exists."""
   if name not in seqio.MixtureRegistry.names():
@@ -362,6 +311,89 @@ def _register_all() -> None:
 
 
 _register_all()
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's tokenizer as a seqio.Vocabulary.
+# ---------------------------------------------------------------------------------------------
+
+
+class SeqioVocabulary(seqio.Vocabulary):
+  """An `HFVocabulary` behind seqio's `Vocabulary` interface, for seqio's tf.data pipelines.
+
+  seqio assumes pad = 0 and no BOS; this reports the tokenizer's real ids (RoBERTa `pad_id`
+  is 1). muppet_jax itself never tokenizes through seqio (its tasks have no output features:
+  batching.py tokenizes); this is for users who want the tf.data view of the registry.
+  """
+
+  def __init__(self, vocab: HFVocabulary):
+    self.hf = vocab
+    super().__init__(extra_ids=0)
+
+  @property
+  def eos_id(self) -> int | None:
+    return self.hf.eos_id
+
+  @property
+  def pad_id(self) -> int:
+    return self.hf.pad_id
+
+  @property
+  def unk_id(self) -> int | None:
+    return self.hf.unk_id
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.hf.vocab_size
+
+  def _encode(self, s: str) -> list[int]:
+    return self.hf.encode(s)
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    return self.hf.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
+    """Scalar string -> [n] int32; [B] strings -> ragged [B, None] int32 (tf.py_function: eager
+    or in tf.data, not in saved graphs)."""
+    s = tf.convert_to_tensor(s, tf.string)
+    flat = tf.reshape(s, [-1])
+
+    def encode(strings):
+      ids = self.hf.encode_batch([x.decode('utf-8') for x in strings.numpy()])
+      lengths = np.array([len(i) for i in ids], np.int64)
+      values = np.array([t for i in ids for t in i], np.int32)
+      return values, lengths
+
+    values, lengths = tf.py_function(encode, [flat], [tf.int32, tf.int64])
+    values.set_shape([None])
+    lengths.set_shape([None])
+    if s.shape.rank == 0:
+      return values
+    if s.shape.rank != 1:
+      raise ValueError(f'encode_tf takes a scalar or a vector of strings, got shape {s.shape}')
+    return tf.RaggedTensor.from_row_lengths(values, lengths)
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """[n] ids -> scalar string; [B, n] ids -> [B] strings (special tokens and padding skipped)."""
+    ids = tf.convert_to_tensor(ids)
+    rank = ids.shape.rank
+    if rank not in (1, 2):
+      raise ValueError(f'decode_tf takes [n] or [B, n] ids, got shape {ids.shape}')
+    batched = ids if rank == 2 else ids[tf.newaxis]
+
+    def decode(x):
+      return np.array([t.encode('utf-8') for t in self.hf.decode_batch(x.numpy().tolist())],
+                      dtype=object)
+
+    out = tf.py_function(decode, [batched], tf.string)
+    out.set_shape([None])
+    return out if rank == 2 else out[0]
+
+  def __eq__(self, other) -> bool:
+    return isinstance(other, SeqioVocabulary) and self.hf == other.hf
+
+  def __hash__(self) -> int:
+    return hash(('SeqioVocabulary', self.hf.path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,45 +496,6 @@ def first_k_mixture(k: int, family_filter: Family | Iterable[Family] | None = No
   else:
     name = f'{base}_first_{k}' + (f'_{_family_suffix(families)}' if families else '')
   return _register_mixture(name, records[:k])
-
-
-# ---------------------------------------------------------------------------------------------
-# The stream the input pipeline reads.
-# ---------------------------------------------------------------------------------------------
-
-
-def family_examples(task_name: str, split: str, *, shuffle: bool, seed: int | None,
-                    shard_index: int = 0, num_shards: int = 1, repeat: bool = False,
-                    shuffle_buffer_size: int | None = None) -> Iterator[dict[str, Any]]:
-  """Yields one task's examples in family format as plain python dicts.
-
-  Args:
-    task_name: a registered task, e.g. 'muppet_rte'.
-    split: 'train' or 'validation' (canonical names; see `split_map`).
-    shuffle: shuffle files and examples (seqio's Task shuffle buffer).
-    seed: seeds the file order and the shuffle buffer (None: nondeterministic).
-    shard_index: this host's shard.
-    num_shards: hosts reading the task (each gets a disjoint part).
-    repeat: repeat forever (each epoch reshuffled) instead of one pass.
-    shuffle_buffer_size: examples in the shuffle buffer (None: the Task's default, 1000).
-
-  Yields:
-    {'text_a', 'text_b', 'label'} / {'context', 'question', 'choices', 'label'} /
-    {'context', 'question', 'answer_start', 'answer_end', 'answers'} / {'document',
-    'summary'} with str, int and list[str] values; MultiRC-style tasks add 'group'
-    (`example_signature`).
-  """
-  task = get_task(task_name)
-  if split not in task.splits:
-    raise ValueError(f'{task_name} has splits {list(task.splits)}, not {split!r}')
-  if not 0 <= shard_index < num_shards:
-    raise ValueError(f'shard_index {shard_index} not in [0, {num_shards})')
-  dataset = task.get_dataset(
-      sequence_length=None, split=split, shuffle=shuffle, seed=seed,
-      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
-      num_epochs=None if repeat else 1, shuffle_buffer_size=shuffle_buffer_size)
-  for example in dataset.as_numpy_iterator():
-    yield to_python(example)
 
 
 def drop_counts() -> dict[str, dict[str, Any]]:

@@ -1,22 +1,18 @@
-"""A Hugging Face tokenizer as a `seqio.Vocabulary`, plus the fast batched API batching uses.
+"""A Hugging Face tokenizer with the fast batched API that batching, evaluation and export use.
 
-seqio assumes pad = 0 and no BOS; RoBERTa/BART tokenizers use `<s>`=0, `<pad>`=1, `</s>`=2.
-This class reports the tokenizer's real ids (`pad_id` is 1 for RoBERTa): muppet_jax never
-uses seqio's feature converters (which pad with 0), only its task registry and sources, and
-batching.py pads with `pad_id` itself.
+RoBERTa/BART tokenizers use `<s>`=0, `<pad>`=1, `</s>`=2: `HFVocabulary` reports the tokenizer's
+real ids (`pad_id` is 1 for RoBERTa), and batching.py pads with `pad_id` itself.
 
 `encode` / `encode_batch` never add special tokens; the sub-batch builder lays out `<s>`,
-`</s>` itself (docs/ARCHITECTURE.md section 2).
+`</s>` itself (docs/ARCHITECTURE.md section 2). The class imports neither seqio nor TensorFlow,
+so that input worker processes stay light; `tasks.SeqioVocabulary` wraps it as a
+`seqio.Vocabulary` (with TensorFlow encode / decode) for seqio's tf.data view.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-
-import numpy as np
-import seqio
-import tensorflow as tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +29,11 @@ class EncodedText:
   offsets: list[tuple[int, int]]
 
 
-class HFVocabulary(seqio.Vocabulary):
-  """A `transformers.AutoTokenizer` behind the `seqio.Vocabulary` interface.
+class HFVocabulary:
+  """A `transformers.AutoTokenizer` with batched Rust encoding and its special ids.
 
   The tokenizer is loaded lazily and not pickled (only the path is), so the vocabulary can be
-  deep-copied and shipped to tf.data / worker processes cheaply.
+  deep-copied and shipped to worker processes cheaply.
   """
 
   def __init__(self, path_or_hub_id: str, **tokenizer_kwargs):
@@ -50,7 +46,6 @@ class HFVocabulary(seqio.Vocabulary):
     self._kwargs = dict(tokenizer_kwargs)
     self._hf = None
     self._rust = None
-    super().__init__(extra_ids=0)
 
   # --- Loading ---------------------------------------------------------------------------------
 
@@ -87,8 +82,16 @@ class HFVocabulary(seqio.Vocabulary):
   def __getstate__(self):
     state = dict(self.__dict__)
     state['_hf'] = None
-    state['_rust'] = None
+    # A loaded Rust tokenizer travels as its JSON, so that a worker process encodes without
+    # importing `transformers` (the special ids are read where the vocabulary was built).
+    state['_rust'] = self._rust.to_str() if self._rust else self._rust
     return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    if isinstance(self._rust, str):
+      from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+      self._rust = Tokenizer.from_str(self._rust)
 
   # --- Special ids -------------------------------------------------------------------------------
 
@@ -130,17 +133,24 @@ class HFVocabulary(seqio.Vocabulary):
     return self._special('mask_token_id')
 
   @property
-  def _base_vocab_size(self) -> int:
-    # len() counts added tokens (e.g. the demo BPE's <mask>), unlike tokenizer.vocab_size.
+  def vocab_size(self) -> int:
+    """Tokens, added ones included (e.g. the demo BPE's <mask>, unlike tokenizer.vocab_size)."""
     return len(self.tokenizer)
 
   # --- Python encode / decode ------------------------------------------------------------------
 
-  def _encode(self, s: str) -> list[int]:
+  def encode(self, s: str) -> list[int]:
+    """Token ids of one text, without special tokens."""
     return self.encode_batch([s])[0]
 
-  def _decode(self, ids: Iterable[int]) -> str:
+  def decode(self, ids: Iterable[int]) -> str:
+    """The text of `ids` up to the first `</s>`, special tokens and padding skipped (seqio's
+    `Vocabulary.decode` semantics: ids beyond the vocabulary read as `<unk>`)."""
     ids = [int(i) for i in ids]
+    if self.unk_id is not None:
+      ids = [self.unk_id if i >= self.vocab_size else i for i in ids]
+    if self.eos_id is not None and self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id) + 1]
     return self.tokenizer.decode(ids, skip_special_tokens=True)
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -168,44 +178,6 @@ class HFVocabulary(seqio.Vocabulary):
     """Texts of several id sequences, skipping special tokens (no EOS truncation)."""
     return self.tokenizer.batch_decode([[int(i) for i in row] for row in ids],
                                        skip_special_tokens=True)
-
-  # --- TensorFlow encode / decode (tf.py_function: eager or in tf.data, not in saved graphs) -----
-
-  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
-    """Scalar string -> [n] int32; [B] strings -> ragged [B, None] int32."""
-    s = tf.convert_to_tensor(s, tf.string)
-    flat = tf.reshape(s, [-1])
-
-    def encode(strings):
-      ids = self.encode_batch([x.decode('utf-8') for x in strings.numpy()])
-      lengths = np.array([len(i) for i in ids], np.int64)
-      values = np.array([t for i in ids for t in i], np.int32)
-      return values, lengths
-
-    values, lengths = tf.py_function(encode, [flat], [tf.int32, tf.int64])
-    values.set_shape([None])
-    lengths.set_shape([None])
-    if s.shape.rank == 0:
-      return values
-    if s.shape.rank != 1:
-      raise ValueError(f'encode_tf takes a scalar or a vector of strings, got shape {s.shape}')
-    return tf.RaggedTensor.from_row_lengths(values, lengths)
-
-  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-    """[n] ids -> scalar string; [B, n] ids -> [B] strings (special tokens and padding skipped)."""
-    ids = tf.convert_to_tensor(ids)
-    rank = ids.shape.rank
-    if rank not in (1, 2):
-      raise ValueError(f'decode_tf takes [n] or [B, n] ids, got shape {ids.shape}')
-    batched = ids if rank == 2 else ids[tf.newaxis]
-
-    def decode(x):
-      return np.array([t.encode('utf-8') for t in self.decode_batch(x.numpy().tolist())],
-                      dtype=object)
-
-    out = tf.py_function(decode, [batched], tf.string)
-    out.set_shape([None])
-    return out if rank == 2 else out[0]
 
   # --- Identity ----------------------------------------------------------------------------------
 

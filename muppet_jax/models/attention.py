@@ -8,8 +8,9 @@
 * Parameter factories that attach logical axis names, activations by their Hugging Face names,
   and per-layer rematerialisation.
 
-Logical axis names (the `out_sharding` metadata of every parameter, read by `sharding.py`
-through `nnx.get_partition_spec`; one name per array dimension):
+Logical axis names (the `out_sharding` metadata of every parameter, which
+`sharding.state_shardings` reads from each variable and maps onto the mesh with
+`sharding.LOGICAL_RULES`; one name per array dimension):
 
 | name | dimension |
 |---|---|

@@ -5,12 +5,25 @@
   out_proj). The heads are stored stacked (`[num_heads, ...]`) and selected with a dynamic index,
   and every head's out_proj is `max_classes` wide with the unused classes masked, so that 26
   heads compile to the same program as 2 (adding a task adds rows, not code).
-  Optional R4F: spectral normalisation of out_proj.
 - `MultipleChoiceHead`: one shared head, one score per choice. RoBERTa: HF
   `RobertaForMultipleChoice` (the backbone's pooler, dropout, `classifier` Linear(H, 1)). BART
   (HF has no BartForMultipleChoice): a `BartClassificationHead` with one output on the choice's
   final `</s>` decoder state.
 - `SpanHead`: one shared `qa_outputs` Linear(H, 2), as HF `*ForQuestionAnswering`.
+
+Head dropout (`model.head_dropout`) is the rate of every classification and multiple-choice
+head's dropout layers; its default 0.0 is fairseq's `pooler_dropout` default, the authors'
+setting (HF's heads use 0.1).
+
+R4F (`train.r4f`; Aghajanyan et al. 2020, fairseq `--spectral-norm-classification-head`):
+fairseq wraps the `out_proj` of every registered classification head in
+`torch.nn.utils.spectral_norm`. Its sentence-ranking (multiple-choice) head is such a
+classification head with one output (fairseq's sentence_ranking task registers it with
+`num_classes=1`), so R4F normalises it too: here the classification heads' `out_proj` and the
+multiple-choice head's last projection (`classifier` for RoBERTa, `out_proj` for BART). For a
+one-output projection `[H, 1]` the largest singular value is the vector's L2 norm. The span
+head has no fairseq counterpart that R4F touches and is left alone. Exported heads carry the
+effective (normalised) weight.
 
 Summarization has no head: BART's tied LM head (the backbone's `lm_logits`).
 
@@ -124,7 +137,7 @@ class ClassificationHeads(nnx.Module):
   Head t's first `num_classes[t]` columns of out_proj are its classes (HF `num_labels`).
   """
 
-  def __init__(self, num_heads: int, hidden: int, max_classes: int, *, dropout: float = 0.1,
+  def __init__(self, num_heads: int, hidden: int, max_classes: int, *, dropout: float = 0.0,
                spectral_norm: bool = False, spectral_norm_iterations: int = 30,
                init_std: float = 0.02, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
@@ -134,7 +147,8 @@ class ClassificationHeads(nnx.Module):
       num_heads: classification datasets (`TaskTable.num_classification_heads`); at least 1.
       hidden: the backbone's hidden size H.
       max_classes: width K of every out_proj (`TaskTable.max_classes`).
-      dropout: HF `classifier_dropout` (RoBERTa falls back to `hidden_dropout_prob`).
+      dropout: rate of the head's two dropout layers (`model.head_dropout`; exported as HF
+        `classifier_dropout`).
       spectral_norm: R4F (config `train.r4f`): out_proj weight divided by its largest singular
         value, computed over the task's own classes (`spectral_normalize`).
       spectral_norm_iterations: power iterations per call when `spectral_norm`.
@@ -190,14 +204,32 @@ class MultipleChoiceHead(nnx.Module):
     Linear(H, 1). Parameters: classifier.kernel [H, 1], classifier.bias [1].
   style 'bart' (no HF class exists; exported as a one-label BartClassificationHead): input = the
     choice's final `</s>` decoder state; dropout, `dense`, tanh, dropout, `out_proj` Linear(H, 1).
+  With `spectral_norm` (R4F) the last projection's kernel `[H, 1]` is divided by its largest
+  singular value, i.e. its L2 norm (the parameters are unchanged; only the computation is).
   """
 
-  def __init__(self, hidden: int, *, style: ChoiceHeadStyle = 'roberta', dropout: float = 0.1,
+  def __init__(self, hidden: int, *, style: ChoiceHeadStyle = 'roberta', dropout: float = 0.0,
+               spectral_norm: bool = False, spectral_norm_iterations: int = 30,
                init_std: float = 0.02, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
+    """Builds the head.
+
+    Args:
+      hidden: the backbone's hidden size H.
+      style: 'roberta' or 'bart' (see the class docstring).
+      dropout: rate of the head's dropout layers (`model.head_dropout`).
+      spectral_norm: R4F (config `train.r4f`): normalise the last projection's kernel.
+      spectral_norm_iterations: power iterations per call when `spectral_norm`.
+      init_std: HF `initializer_range` / `init_std` (normal kernels, zero biases).
+      dtype, param_dtype: compute and parameter dtypes.
+      rngs: `params` for init; the dropout stream is kept for training-mode calls.
+    """
     if style not in ('roberta', 'bart'):
       raise ValueError(f'unknown multiple-choice head style {style!r}')
     self.style = style
+    self.spectral_norm = spectral_norm
+    self.spectral_norm_iterations = spectral_norm_iterations
+    self.dtype = dtype
     kw = dict(init_std=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     if style == 'roberta':
       self.classifier = attention.dense(hidden, 1, ('embed', None), **kw)
@@ -206,14 +238,29 @@ class MultipleChoiceHead(nnx.Module):
       self.out_proj = attention.dense(hidden, 1, ('mlp', None), **kw)
     self.dropout = dropout_lib.Dropout(dropout, rngs=rngs)
 
+  @property
+  def score_layer(self) -> nnx.Linear:
+    """The last projection Linear(H, 1): `classifier` (RoBERTa) or `out_proj` (BART)."""
+    return self.classifier if self.style == 'roberta' else self.out_proj
+
+  def score_kernel(self) -> jax.Array:
+    """The last projection's effective kernel `[H, 1]` (spectrally normalised for R4F)."""
+    kernel = self.score_layer.kernel[...]
+    if self.spectral_norm:
+      kernel = spectral_normalize(kernel, iterations=self.spectral_norm_iterations)
+    return kernel
+
   def __call__(self, features: jax.Array, deterministic: bool = True) -> jax.Array:
     """Scores `[...]` for features `[..., H]` (RoBERTa: pooled; BART: `</s>` decoder states)."""
     x = self.dropout(features, deterministic=deterministic)
-    if self.style == 'roberta':
-      return self.classifier(x)[..., 0]
-    x = jnp.tanh(self.dense(x))
-    x = self.dropout(x, deterministic=deterministic)
-    return self.out_proj(x)[..., 0]
+    if self.style == 'bart':
+      x = jnp.tanh(self.dense(x))
+      x = self.dropout(x, deterministic=deterministic)
+    layer = self.score_layer
+    if not self.spectral_norm:
+      return layer(x)[..., 0]
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, self.score_kernel(), layer.bias[...]))
+    return (x @ kernel + bias)[..., 0]
 
 
 class SpanHead(nnx.Module):
@@ -309,17 +356,24 @@ def multiple_choice_head_to_hf(head: MultipleChoiceHead,
   """RoBERTa: {'classifier.weight' [1, H], 'classifier.bias' [1]} (RobertaForMultipleChoice;
   the pooler is the backbone's `roberta.pooler.dense`). BART: a one-label
   `classification_head.{dense,out_proj}.{weight,bias}` (BartForSequenceClassification layout).
+  With R4F the exported last projection is the effective (normalised) weight, so the HF model
+  computes what the trained head computed.
   """
   if head.style == 'roberta':
-    return _linear_to_hf(head.classifier, prefix or 'classifier.')
-  prefix = prefix or 'classification_head.'
-  return {**_linear_to_hf(head.dense, prefix + 'dense.'),
-          **_linear_to_hf(head.out_proj, prefix + 'out_proj.')}
+    prefix = prefix or 'classifier.'
+    tensors = {}
+  else:
+    prefix = prefix or 'classification_head.'
+    tensors = _linear_to_hf(head.dense, prefix + 'dense.')
+    prefix += 'out_proj.'
+  return {**tensors, f'{prefix}weight': _np(head.score_kernel()).T.copy(),
+          f'{prefix}bias': _np(head.score_layer.bias[...]).copy()}
 
 
 def multiple_choice_head_from_hf(head: MultipleChoiceHead, tensors: dict[str, np.ndarray],
                                  prefix: str | None = None) -> None:
-  """Inverse of `multiple_choice_head_to_hf` (in place)."""
+  """Inverse of `multiple_choice_head_to_hf` (in place). With R4F the written kernel is the
+  raw weight W (the head then computes with W / ||W||)."""
   if head.style == 'roberta':
     _linear_from_hf(head.classifier, tensors, prefix or 'classifier.')
   else:

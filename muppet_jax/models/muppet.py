@@ -92,11 +92,11 @@ class MuppetModel(nnx.Module):
       hidden_size: H.
       task_table: the run's tasks; sets the number of classification heads, their width
         (`max_classes`), and the per-task head rows and class counts used at run time.
-      classifier_dropout: dropout of the classification heads (HF `classifier_dropout`).
-      choice_dropout: dropout of the multiple-choice head (RoBERTa: `hidden_dropout_prob`, as
-        RobertaForMultipleChoice; BART: `classifier_dropout`).
+      classifier_dropout: dropout of the classification heads (`model.head_dropout`).
+      choice_dropout: dropout of the multiple-choice head (`model.head_dropout`).
       init_std: HF `initializer_range` / `init_std` for the heads.
-      r4f: spectral normalisation of the classification heads' out_proj (`train.r4f`).
+      r4f: spectral normalisation of the classification heads' out_proj and of the
+        multiple-choice head's last projection (`train.r4f`).
       dtype, param_dtype: compute and parameter dtypes of the heads.
       rngs: `params` and `dropout` streams.
     """
@@ -112,8 +112,8 @@ class MuppetModel(nnx.Module):
         dropout=classifier_dropout, spectral_norm=r4f, init_std=init_std, dtype=dtype,
         param_dtype=param_dtype, rngs=rngs)
     self.choice_head = heads_lib.MultipleChoiceHead(
-        hidden_size, style=model_type, dropout=choice_dropout, init_std=init_std, dtype=dtype,
-        param_dtype=param_dtype, rngs=rngs)
+        hidden_size, style=model_type, dropout=choice_dropout, spectral_norm=r4f,
+        init_std=init_std, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.span_head = heads_lib.SpanHead(hidden_size, init_std=init_std, dtype=dtype,
                                         param_dtype=param_dtype, rngs=rngs)
 
@@ -213,7 +213,7 @@ def build_model(config: ml_collections.ConfigDict, hf_config: transformers.Pretr
 
   Args:
     config: the experiment config (`model.type`, `model.dtype`, `model.param_dtype`,
-      `model.remat`, `train.r4f`).
+      `model.remat`, `model.head_dropout`, `train.r4f`).
     hf_config: the backbone's `transformers` config (from `hf.load` or built from `config.model`).
     task_table: the run's tasks.
     rngs: `nnx.Rngs(params=..., dropout=...)`; heads (and the backbone, when built here) are
@@ -231,18 +231,14 @@ def build_model(config: ml_collections.ConfigDict, hf_config: transformers.Pretr
   if backbone is None:
     backbone = hf.build(hf_config, dtype=dtype, param_dtype=param_dtype,
                         remat=config.model.remat, rngs=rngs)
-  classifier_dropout = getattr(hf_config, 'classifier_dropout', None)
-  if model_type == 'roberta':
-    hidden_dropout = hf_config.hidden_dropout_prob
-    init_std = hf_config.initializer_range
-    choice_dropout = hidden_dropout  # RobertaForMultipleChoice
-  else:
-    hidden_dropout = hf_config.dropout
-    init_std = hf_config.init_std
-    choice_dropout = classifier_dropout or 0.
-  if classifier_dropout is None:  # HF RobertaClassificationHead's fallback
-    classifier_dropout = hidden_dropout
+  init_std = hf_config.initializer_range if model_type == 'roberta' else hf_config.init_std
+  # One rate for every classification and multiple-choice head, from the experiment config,
+  # whatever the checkpoint's `classifier_dropout` / `hidden_dropout_prob` say: 0.0 (fairseq's
+  # `pooler_dropout` default, the authors' setting) unless `model.head_dropout` is overridden.
+  head_dropout = float(config.model.head_dropout)
+  if not 0. <= head_dropout < 1.:
+    raise ValueError(f'model.head_dropout must be in [0, 1), got {head_dropout}')
   return MuppetModel(
       backbone, model_type=model_type, hidden_size=hf_config.hidden_size, task_table=task_table,
-      classifier_dropout=classifier_dropout, choice_dropout=choice_dropout, init_std=init_std,
+      classifier_dropout=head_dropout, choice_dropout=head_dropout, init_std=init_std,
       r4f=bool(config.train.r4f), dtype=dtype, param_dtype=param_dtype, rngs=rngs)

@@ -1,28 +1,33 @@
-"""Per-task evaluation metrics: the standard metric of every dataset in the catalogue.
+"""Per-task evaluation metrics, each computed as its dataset's official scoring code does.
 
 Each `DatasetRecord.metric` (muppet_jax/data/catalogue.py) names one entry of `METRICS`:
 
-| name          | datasets                  | keys returned                          | primary     |
-|---------------|---------------------------|----------------------------------------|-------------|
-| `accuracy`    | most classification, MC   | accuracy                               | accuracy    |
-| `mcc`         | CoLA                      | mcc                                    | mcc         |
-| `f1_accuracy` | MRPC, QQP                 | accuracy, f1, f1_accuracy (their mean) | f1_accuracy |
-| `multirc`     | MultiRC                   | f1a, em, f1a_em (their mean)           | f1a_em      |
-| `squad`       | SQuAD-style extractive QA | exact_match, f1                        | f1          |
-| `record`      | ReCoRD                    | exact_match, f1                        | f1          |
-| `rouge`       | summarization             | rouge1, rouge2, rougeL, rougeLsum      | rougeLsum   |
+| name          | datasets                  | keys returned                                  | primary       |
+|---------------|---------------------------|------------------------------------------------|---------------|
+| `accuracy`    | most classification, MC   | accuracy                                       | accuracy      |
+| `mcc`         | CoLA                      | mcc                                            | mcc           |
+| `f1_accuracy` | MRPC, QQP                 | accuracy, f1, f1_accuracy (their mean)         | f1_accuracy   |
+| `cb`          | CB                        | accuracy, macro_f1, accuracy_macro_f1 (mean)   | acc..._f1     |
+| `multirc`     | MultiRC                   | f1a, em, f1a_em (their mean)                   | f1a_em        |
+| `squad`       | SQuAD v1.1, MRQA sets     | exact_match, f1                                | f1            |
+| `record`      | ReCoRD                    | exact_match, f1                                | f1            |
+| `drop`        | DROP                      | exact_match, f1 (number-aware, multi-span)     | f1            |
+| `rouge`       | summarization             | rouge1, rouge2, rougeL, rougeLsum              | rougeLsum     |
+
+Official sources (docs/METRICS.md has the table with what differs, and why): GLUE's scores
+are scikit-learn's (accuracy, `f1_score`, `matthews_corrcoef`); SuperGLUE CB is the mean of
+accuracy and the macro-F1 over its three classes, MultiRC F1 over all answer options and the
+exact match per question (the SuperGLUE baselines, T5's `mean_multiclass_f1` /
+`multirc_f1_over_all_answers`); SQuAD v1.1 `evaluate-v1.1.py`; ReCoRD's `evaluation.py`;
+DROP's `drop_eval.py` (AllenNLP); ROUGE `rouge-score` with Porter stemming, sentences split as
+`nltk.sent_tokenize` does (`sentences.py`). tests/test_evaluate.py checks each against a copy
+of the official code (tests/reference/) on random and adversarial predictions.
 
 Conventions:
-- Every score is a fraction in [0, 1], ROUGE included (`rouge-score` reports fractions too).
-  Multiply by 100 for the percentages of the paper's tables. One scale everywhere means a
-  TensorBoard chart or a model card never mixes 0.9 and 90.
-- Metrics are pure Python/numpy: they run on the host after predictions have been fetched from
-  the devices, and need no jax.
-- Predictions are what the model decided (class ids, answer strings, generated summaries), not
-  logits: turning logits or spans into these belongs to the code that owns the model outputs.
-
-Use `compute(name, predictions, references, **kw)` for a whole eval set at once, or
-`MetricAccumulator(name)` to collect batches during the trainer's periodic evaluation.
+- Every score is a fraction in [0, 1] (MCC in [-1, 1]), ROUGE included; multiply by 100 for
+  the paper's tables. One scale everywhere means a chart or a model card never mixes 0.9 and 90.
+- Metrics are pure Python/numpy: they run on the host after predictions have been fetched.
+- Predictions are what the model decided (class ids, answer strings, summaries), not logits.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ from typing import Any
 
 import numpy as np
 
+from muppet_jax.eval import sentences
+
 # ------------------------------------------------------------------------------------------------
-# Classification metrics (labels are integer class ids).
+# Classification (labels are integer class ids).
 # ------------------------------------------------------------------------------------------------
 
 
@@ -88,9 +95,9 @@ def matthews_corrcoef(predictions: Any, labels: Any) -> float:
   return float(numerator / math.sqrt(denominator))
 
 
-def f1(predictions: Any, labels: Any, positive: int = 1) -> float:
-  """Binary F1 of class `positive`: 2 tp / (2 tp + fp + fn); 0.0 when there is no true positive."""
-  preds, labs = _as_int_pair(predictions, labels)
+def _f1_of_class(preds: np.ndarray, labs: np.ndarray, positive: int) -> float:
+  """2 tp / (2 tp + fp + fn) for class `positive`; 0.0 when there is no true positive (also
+  when the class never occurs, as scikit-learn's zero_division default)."""
   tp = int(np.sum((preds == positive) & (labs == positive)))
   fp = int(np.sum((preds == positive) & (labs != positive)))
   fn = int(np.sum((preds != positive) & (labs == positive)))
@@ -99,11 +106,35 @@ def f1(predictions: Any, labels: Any, positive: int = 1) -> float:
   return 2.0 * tp / (2.0 * tp + fp + fn)
 
 
+def f1(predictions: Any, labels: Any, positive: int = 1) -> float:
+  """Binary F1 of class `positive` (scikit-learn's `f1_score`, GLUE's MRPC/QQP F1)."""
+  preds, labs = _as_int_pair(predictions, labels)
+  return _f1_of_class(preds, labs, positive)
+
+
+def macro_f1(predictions: Any, labels: Any, num_classes: int) -> float:
+  """Unweighted mean over classes 0..num_classes-1 of each class's F1.
+
+  Every class counts, also one that neither occurs nor is predicted (F1 0 there): scikit-learn's
+  `f1_score(labels=range(num_classes), average='macro')`, as SuperGLUE's CB score (T5's
+  `mean_multiclass_f1(num_classes=3)`) computes it.
+  """
+  preds, labs = _as_int_pair(predictions, labels)
+  return float(np.mean([_f1_of_class(preds, labs, k) for k in range(num_classes)]))
+
+
 def f1_accuracy(predictions: Any, labels: Any) -> dict[str, float]:
   """MRPC / QQP: binary F1 (positive class 1), accuracy and their mean (GLUE's average)."""
   acc = accuracy(predictions, labels)
   f = f1(predictions, labels)
   return {'accuracy': acc, 'f1': f, 'f1_accuracy': (acc + f) / 2.0}
+
+
+def accuracy_macro_f1(predictions: Any, labels: Any, num_classes: int = 3) -> dict[str, float]:
+  """SuperGLUE CB: accuracy, macro-F1 over the 3 classes, and their mean (the CB score)."""
+  acc = accuracy(predictions, labels)
+  f = macro_f1(predictions, labels, num_classes)
+  return {'accuracy': acc, 'macro_f1': f, 'accuracy_macro_f1': (acc + f) / 2.0}
 
 
 def _group_key(group: Any) -> Hashable:
@@ -153,7 +184,7 @@ def multirc(predictions: Any, labels: Any, groups: Sequence[Any]) -> dict[str, f
   all_correct: dict[Hashable, bool] = {}
   for key, ok in zip(map(_group_key, groups), (preds == labs).tolist()):
     all_correct[key] = all_correct.get(key, True) and ok
-  f1a = f1(preds, labs)
+  f1a = _f1_of_class(preds, labs, 1)
   em = sum(all_correct.values()) / len(all_correct)
   return {'f1a': f1a, 'em': em, 'f1a_em': (f1a + em) / 2.0}
 
@@ -167,7 +198,7 @@ _ARTICLES = re.compile(r'\b(a|an|the)\b')
 
 
 def normalize_answer(text: str) -> str:
-  """The official SQuAD v1.1 normalisation (also ReCoRD's).
+  """The official SQuAD v1.1 normalisation (also ReCoRD's and MRQA's).
 
   Lower-case, drop ASCII punctuation, replace the articles a/an/the by a space, then collapse
   whitespace. The order matters and follows the official script: punctuation goes before the
@@ -241,27 +272,143 @@ def record(predictions: Sequence[str],
 
 
 # ------------------------------------------------------------------------------------------------
+# DROP: number-aware EM/F1 over bags of spans (AllenNLP's official drop_eval.py).
+# ------------------------------------------------------------------------------------------------
+
+
+def _is_number(text: str) -> bool:
+  """Whether Python's float() parses `text` (the official test: also '1e3', 'nan', '1_000')."""
+  try:
+    float(text)
+  except ValueError:
+    return False
+  return True
+
+
+def drop_normalize(text: str) -> str:
+  """DROP's answer normalisation, token by token (tokens split at spaces and hyphens).
+
+  Each token is lower-cased; punctuation is removed unless the token is a number; a number is
+  written as Python writes its float ('3' -> '3.0', so '3' and '3.00' match); the articles
+  a/an/the are removed. Empty tokens are dropped and the rest joined by single spaces.
+  """
+  parts = []
+  for token in re.split(' |-', text):
+    token = token.lower()
+    if not _is_number(token):
+      token = ''.join(ch for ch in token if ch not in _PUNCTUATION)
+    if _is_number(token):
+      token = str(float(token))
+    token = ' '.join(_ARTICLES.sub(' ', token).split())
+    if token.strip():
+      parts.append(token)
+  return ' '.join(parts).strip()
+
+
+def _bag_f1(predicted: set[str], gold: set[str]) -> float:
+  """Token-set F1 of one predicted span against one gold span (empty sets: precision or
+  recall 1, as in the official script)."""
+  common = len(gold & predicted)
+  precision = common / len(predicted) if predicted else 1.0
+  recall = common / len(gold) if gold else 1.0
+  if precision == 0.0 and recall == 0.0:
+    return 0.0
+  return 2 * precision * recall / (precision + recall)
+
+
+def _numbers_agree(gold: set[str], predicted: set[str]) -> bool:
+  """A gold span with numbers only matches a predicted span that shares one of them."""
+  gold_numbers = {w for w in gold if _is_number(w)}
+  return not gold_numbers or bool(gold_numbers & {w for w in predicted if _is_number(w)})
+
+
+@dataclasses.dataclass(frozen=True)
+class DropScore:
+  """One prediction against one gold answer."""
+
+  exact_match: float
+  f1: float
+
+
+def drop_score(prediction: str | Sequence[str], gold: str | Sequence[str]) -> DropScore:
+  """DROP EM and F1 of a prediction against one gold answer (each a span or a list of spans).
+
+  EM: the normalised spans are equal as sets (and as many). F1: every gold span is paired with
+  at most one predicted span by the assignment that maximises the summed span F1
+  (`scipy.optimize.linear_sum_assignment`; a pair whose gold span holds numbers counts only if
+  the predicted span shares one), the F1s are averaged over max(#gold, #predicted) spans, and
+  rounded to 2 decimals, as the official script does.
+  """
+  from scipy import optimize  # pylint: disable=g-import-not-at-top
+
+  predicted_spans = [prediction] if isinstance(prediction, str) else list(prediction)
+  gold_spans = [gold] if isinstance(gold, str) else list(gold)
+  predicted_norm = [drop_normalize(s) for s in predicted_spans]
+  gold_norm = [drop_normalize(s) for s in gold_spans]
+  exact = float(set(predicted_norm) == set(gold_norm) and len(predicted_norm) == len(gold_norm))
+  predicted_bags = [set(s.split()) for s in predicted_norm]
+  gold_bags = [set(s.split()) for s in gold_norm]
+  scores = np.zeros((len(gold_bags), len(predicted_bags)))
+  for g, gold_bag in enumerate(gold_bags):
+    for p, predicted_bag in enumerate(predicted_bags):
+      if _numbers_agree(gold_bag, predicted_bag):
+        scores[g, p] = _bag_f1(predicted_bag, gold_bag)
+  rows, cols = optimize.linear_sum_assignment(-scores)
+  best = np.zeros(max(len(gold_bags), len(predicted_bags)))
+  for row, col in zip(rows, cols):
+    best[row] = max(best[row], scores[row, col])
+  # np.round, as the official `round(np.mean(...), 2)` on a numpy float (half to even).
+  return DropScore(exact_match=exact, f1=float(np.round(np.mean(best), 2)))
+
+
+def _drop_golds(reference: Any) -> list[tuple[str, ...]]:
+  """One question's gold answers as span tuples: a string (one single-span answer), or a list
+  whose items are strings (single-span answers) or lists of strings (multi-span answers)."""
+  if isinstance(reference, (str, bytes, np.str_, np.bytes_)):
+    return [(_text(reference),)]
+  golds = []
+  for answer in reference:
+    if isinstance(answer, (str, bytes, np.str_, np.bytes_)):
+      golds.append((_text(answer),))
+    else:
+      golds.append(tuple(_text(s) for s in answer))
+  return golds
+
+
+def drop(predictions: Sequence[str | Sequence[str]],
+         references: Sequence[Any]) -> dict[str, float]:
+  """DROP exact match and F1: per question, the max over its gold answers, then the mean.
+
+  A gold answer whose first span is blank does not count (the official script skips it); a
+  question without any other gold answer scores 0 but is still counted.
+
+  Args:
+    predictions: per question, the predicted answer: a string, or a list of spans.
+    references: per question, its gold answers (the released answer, then the validated
+      ones): a list of answers, each a string or a list of spans (multi-span answers), as
+      `drop_eval.answer_json_to_strings` flattens numbers ('3'), dates ('3 May 1995') and spans.
+  """
+  if len(predictions) != len(references):
+    raise ValueError(f'{len(predictions)} predictions but {len(references)} references.')
+  if not predictions:
+    raise ValueError('No examples to score.')
+  em_total = f1_total = 0.0
+  for prediction, reference in zip(predictions, references):
+    if not isinstance(prediction, str):
+      prediction = [_text(s) for s in prediction]
+    scores = [drop_score(prediction, gold) for gold in _drop_golds(reference)
+              if gold and gold[0].strip()]
+    em_total += max((s.exact_match for s in scores), default=0.0)
+    f1_total += max((s.f1 for s in scores), default=0.0)
+  n = len(predictions)
+  return {'exact_match': em_total / n, 'f1': f1_total / n}
+
+
+# ------------------------------------------------------------------------------------------------
 # Summarization: ROUGE via the `rouge-score` package.
 # ------------------------------------------------------------------------------------------------
 
 ROUGE_TYPES = ('rouge1', 'rouge2', 'rougeL', 'rougeLsum')
-
-# Whitespace after sentence-final punctuation, optionally closed by a quote or bracket.
-_SENTENCE_END = re.compile(r'(?<=[.!?])\s+|(?<=[.!?]["\')\]])\s+')
-
-
-def split_sentences(text: str) -> str:
-  """Puts one sentence per line, which rougeLsum needs (it splits on newlines only).
-
-  Texts that already contain newlines (CNN/DM highlights are stored one per line) are kept as
-  they are. Otherwise (generated summaries) split after sentence-final punctuation. This stands
-  in for the `nltk.sent_tokenize` step of Hugging Face's summarization scripts, whose punkt model
-  needs a download that offline hosts do not have.
-  """
-  text = text.strip()
-  if '\n' in text:
-    return text
-  return '\n'.join(s for s in _SENTENCE_END.split(text) if s)
 
 
 def rouge(predictions: Sequence[str], references: Sequence[str], *,
@@ -276,13 +423,15 @@ def rouge(predictions: Sequence[str], references: Sequence[str], *,
       (summary-level LCS over newline-separated sentences, the number usually reported for
       CNN/DM).
     use_stemmer: Porter-stem tokens longer than 3 characters (the standard setting).
-    sentence_split: apply `split_sentences` to both sides first (affects rougeLsum only).
+    sentence_split: put both sides one sentence per line first, as the summarization
+      literature does (`'\\n'.join(nltk.sent_tokenize(text))`, `sentences.one_per_line`,
+      offline); it changes rougeLsum only.
 
   Returns:
     {rouge_type: mean F-measure}. A plain mean over examples: deterministic, unlike the
     bootstrap aggregator, whose mid value estimates the same mean.
   """
-  # Imported here so that classification-only users (and tests) need not load nltk.
+  # Imported here so that classification-only users need not load nltk.
   from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
 
   if len(predictions) != len(references):
@@ -294,7 +443,8 @@ def rouge(predictions: Sequence[str], references: Sequence[str], *,
   for prediction, reference in zip(predictions, references):
     prediction, reference = _text(prediction), _text(reference)
     if sentence_split:
-      prediction, reference = split_sentences(prediction), split_sentences(reference)
+      prediction = sentences.one_per_line(prediction)
+      reference = sentences.one_per_line(reference)
     scores = scorer.score(reference, prediction)  # rouge-score's order: (target, prediction).
     for key in rouge_types:
       totals[key] += scores[key].fmeasure
@@ -333,9 +483,11 @@ METRICS: dict[str, MetricSpec] = {
     'accuracy': MetricSpec(_single('accuracy', accuracy), primary='accuracy'),
     'mcc': MetricSpec(_single('mcc', matthews_corrcoef), primary='mcc'),
     'f1_accuracy': MetricSpec(f1_accuracy, primary='f1_accuracy'),
+    'cb': MetricSpec(accuracy_macro_f1, primary='accuracy_macro_f1'),
     'multirc': MetricSpec(multirc, primary='f1a_em', needs_groups=True),
     'squad': MetricSpec(squad, primary='f1', text=True),
     'record': MetricSpec(record, primary='f1', text=True),
+    'drop': MetricSpec(drop, primary='f1', text=True),
     'rouge': MetricSpec(rouge, primary='rougeLsum', text=True),
 }
 
@@ -353,14 +505,18 @@ def primary_key(metric_name: str) -> str:
   return _spec(metric_name).primary
 
 
+def needs_groups(metric_name: str) -> bool:
+  """Whether `compute` needs `groups=` (question ids) for this metric."""
+  return _spec(metric_name).needs_groups
+
+
 def compute(metric_name: str, predictions: Any, references: Any, **kw: Any) -> dict[str, float]:
   """Scores a whole eval set with the metric a `DatasetRecord.metric` names.
 
   Args:
-    metric_name: one of `METRICS` ('accuracy', 'mcc', 'f1_accuracy', 'multirc', 'squad',
-      'record', 'rouge').
-    predictions: class ids (classification metrics) or strings (squad, record, rouge).
-    references: labels, gold answer lists (squad, record) or reference summaries (rouge).
+    metric_name: one of `METRICS`.
+    predictions: class ids (classification metrics) or strings (squad, record, drop, rouge).
+    references: labels, gold answer lists (squad, record, drop) or reference summaries.
     **kw: metric options: `groups=` for multirc (required); rouge_types, use_stemmer,
       sentence_split for rouge.
 
@@ -371,117 +527,3 @@ def compute(metric_name: str, predictions: Any, references: Any, **kw: Any) -> d
     ValueError: unknown metric name, mismatched lengths, or no examples.
   """
   return _spec(metric_name).fn(predictions, references, **kw)
-
-
-# ------------------------------------------------------------------------------------------------
-# Streaming accumulation for the trainer's periodic evaluation.
-# ------------------------------------------------------------------------------------------------
-
-
-class MetricAccumulator:
-  """Collects predictions batch by batch; `result()` scores everything seen so far.
-
-  Keeps the raw predictions rather than running sums, because MultiRC's EM needs every answer
-  option of a question (they may arrive in different batches) and EM/F1/ROUGE are per-example
-  anyway; at `data.eval_examples` per task this is small.
-
-  Multi-host: each process sees only its own examples. Either gather predictions to every
-  process before `add` (e.g. `jax.experimental.multihost_utils.process_allgather`) or collect
-  each process's accumulator and `merge` them on one host.
-
-  Example:
-    acc = MetricAccumulator(dataset_record.metric)
-    for batch in eval_batches:
-      acc.add(predicted_ids, batch['labels'], mask=batch['example_mask'])
-    metrics = acc.result()  # {'accuracy': 0.87}
-
-  Args:
-    metric_name: a `METRICS` key (a `DatasetRecord.metric`).
-    **kw: options forwarded to `compute` (e.g. rouge_types for 'rouge').
-  """
-
-  def __init__(self, metric_name: str, **kw: Any):
-    self.metric_name = metric_name
-    self._spec = _spec(metric_name)  # Fails now, not at the end of an eval loop.
-    self._kw = kw
-    self._predictions: list[Any] = []
-    self._references: list[Any] = []
-    self._groups: list[Any] = []
-
-  def add(self, predictions: Any, references: Any, groups: Any = None,
-          mask: Any = None) -> None:
-    """Adds one batch.
-
-    Args:
-      predictions: [N] class ids, or N strings.
-      references: [N] labels, N gold-answer lists, or N reference summaries.
-      groups: [N] question ids (multirc only): pairs, ids, or `idx` dicts.
-      mask: optional [N] bool, False for padding examples (the sub-batch's `example_mask`).
-    """
-    if self._spec.text:
-      preds, refs = list(predictions), list(references)
-    else:
-      preds = np.asarray(predictions).reshape(-1).tolist()
-      refs = np.asarray(references).reshape(-1).tolist()
-    if len(preds) != len(refs):
-      raise ValueError(f'{len(preds)} predictions but {len(refs)} references.')
-    if self._spec.needs_groups:
-      if groups is None:
-        raise ValueError(f'Metric {self.metric_name!r} needs groups= (question ids).')
-      grps = [_group_key(g) for g in _rows(groups)]
-      if len(grps) != len(preds):
-        raise ValueError(f'{len(preds)} predictions but {len(grps)} groups.')
-    else:
-      grps = []
-    if mask is not None:
-      keep = np.asarray(mask, dtype=bool).reshape(-1).tolist()
-      if len(keep) != len(preds):
-        raise ValueError(f'{len(preds)} predictions but a mask of {len(keep)}.')
-      preds = [x for x, k in zip(preds, keep) if k]
-      refs = [x for x, k in zip(refs, keep) if k]
-      grps = [x for x, k in zip(grps, keep) if k] if grps else grps
-    self._predictions.extend(preds)
-    self._references.extend(refs)
-    self._groups.extend(grps)
-
-  def merge(self, other: MetricAccumulator) -> None:
-    """Appends another accumulator's examples (e.g. from another process)."""
-    if other.metric_name != self.metric_name:
-      raise ValueError(f'Cannot merge {other.metric_name!r} into {self.metric_name!r}.')
-    self._predictions.extend(other._predictions)  # pylint: disable=protected-access
-    self._references.extend(other._references)  # pylint: disable=protected-access
-    self._groups.extend(other._groups)  # pylint: disable=protected-access
-
-  @property
-  def count(self) -> int:
-    """Examples added so far (after masking)."""
-    return len(self._predictions)
-
-  def reset(self) -> None:
-    """Forgets every example (start of the next periodic evaluation)."""
-    self._predictions.clear()
-    self._references.clear()
-    self._groups.clear()
-
-  def result(self) -> dict[str, float]:
-    """Scores all examples added so far; raises ValueError when there are none."""
-    kw = dict(self._kw)
-    if self._spec.needs_groups:
-      kw['groups'] = self._groups
-    return compute(self.metric_name, self._predictions, self._references, **kw)
-
-
-# ------------------------------------------------------------------------------------------------
-# Generation for summarization (beam search): NOT IMPLEMENTED HERE.
-#
-# Another engineer adds BART generation (issue 7 item 3) in its own module, e.g.
-# `muppet_jax/generate.py`, with roughly:
-#
-#   generate(model, input_ids, attention_mask, *, beam_size, length_penalty, min_length,
-#            max_length, no_repeat_ngram_size) -> int32 [B, max_length] token ids
-#
-# (settings from config; greedy decoding = beam_size 1, matching `transformers`' generate).
-# This module stays model-free: the eval loop decodes the generated ids to text with the task's
-# vocabulary and passes the strings to `compute('rouge', summaries, references)` or a
-# `MetricAccumulator('rouge')`.
-# ------------------------------------------------------------------------------------------------

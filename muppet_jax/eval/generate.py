@@ -33,9 +33,10 @@ One deliberate extension: a row whose `attention_mask` is all zero (an empty slo
 sub-batch) is not decoded: it returns `[decoder_start, pad, pad, ...]` and does not keep the
 loop running.
 
-`summarize_and_score(model, vocab, sub_batches, generation_config)` runs this over summarization
-sub-batches (docs/ARCHITECTURE.md section 2) of an evaluation builder and returns
-`evaluate.rouge` scores against the raw reference summaries the sub-batches carry.
+`make_generate_step(graphdef, config, mesh)` is the same decoding on a device mesh, for the
+evaluator: `[1, D, R, L]` summarization sub-batches sharded over `mesh.data`, each device
+decoding its own sub-batch with its own stopping test (no collective inside the loop), the
+parameters replicated as in the eval step. It is token-for-token `generate` on each sub-batch.
 """
 
 from __future__ import annotations
@@ -44,19 +45,17 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
-from muppet_jax import evaluate
 from muppet_jax.models import bart
-
-if TYPE_CHECKING:  # Annotations only: batching pulls in seqio/TensorFlow, generation needs neither.
-  from muppet_jax.data import batching
+from muppet_jax.sharding import DATA
 
 Array = jax.Array
 
@@ -434,10 +433,9 @@ def _beam_search(model: bart.BartModel, encoder_hidden: Array, attention_mask: A
   return jnp.where(nonempty[:, None], best, empty)
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'config', 'beam_search'))
-def _generate_jit(graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array,
-                  attention_mask: Array, config: GenerationConfig, beam_search: bool) -> Array:
-  model = nnx.merge(graphdef, state)
+def _decode(model: bart.BartModel, input_ids: Array, attention_mask: Array,
+            config: GenerationConfig, beam_search: bool) -> Array:
+  """Encoder once, then greedy or beam decoding: `[B, L]` -> `[B, max_length]` int32."""
   attention_mask = attention_mask.astype(bool)
   encoder_hidden = model.encode(input_ids, attention_mask, deterministic=True)
   nonempty = jnp.any(attention_mask, axis=-1)
@@ -445,11 +443,26 @@ def _generate_jit(graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array,
   return run(model, encoder_hidden, attention_mask, nonempty, config)
 
 
+@functools.partial(jax.jit, static_argnames=('graphdef', 'config', 'beam_search'))
+def _generate_jit(graphdef: nnx.GraphDef, state: nnx.State, input_ids: Array,
+                  attention_mask: Array, config: GenerationConfig, beam_search: bool) -> Array:
+  return _decode(nnx.merge(graphdef, state), input_ids, attention_mask, config, beam_search)
+
+
 def _backbone(model: Any) -> bart.BartModel:
   backbone = getattr(model, 'backbone', model)  # A MuppetModel carries its BART as `backbone`.
   if not isinstance(backbone, bart.BartModel):
     raise TypeError(f'generate needs a BART model, got {type(backbone).__name__}.')
   return backbone
+
+
+def _use_beam_search(config: GenerationConfig, beam_search: bool | None) -> bool:
+  """HF's choice (beam search exactly when num_beams > 1) unless forced."""
+  if beam_search is None:
+    return config.num_beams > 1
+  if not beam_search and config.num_beams != 1:
+    raise ValueError('Greedy decoding needs num_beams == 1.')
+  return bool(beam_search)
 
 
 def generate(model: bart.BartModel, input_ids: Any, attention_mask: Any | None,
@@ -470,10 +483,7 @@ def generate(model: bart.BartModel, input_ids: Any, attention_mask: Any | None,
     `[B, max_length]` int32: decoder-start token, generated tokens, pad after eos.
   """
   model = _backbone(model)
-  if beam_search is None:
-    beam_search = config.num_beams > 1
-  elif not beam_search and config.num_beams != 1:
-    raise ValueError('Greedy decoding needs num_beams == 1.')
+  beam_search = _use_beam_search(config, beam_search)
   input_ids = jnp.asarray(input_ids, jnp.int32)
   if attention_mask is None:
     attention_mask = jnp.ones(input_ids.shape, bool)
@@ -483,59 +493,47 @@ def generate(model: bart.BartModel, input_ids: Any, attention_mask: Any | None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Summarization evaluation
+# On a mesh: one sub-batch per device
 # ---------------------------------------------------------------------------------------------
 
 
-def summarize_and_score(model: Any, vocab: Any, sub_batches: Iterable[batching.SubBatch],
-                        generation_config: GenerationConfig, *,
-                        rouge_kwargs: Mapping[str, Any] | None = None,
-                        predictions: list[str] | None = None) -> dict[str, float]:
-  """Generates summaries for summarization sub-batches and scores them with ROUGE.
-
-  The references are the examples' raw summaries (`SubBatch.meta[e].reference`), as
-  `rouge-score` expects them: not the decoder targets decoded back, which are cut at
-  `data.decoder_length` tokens and would score a longer, correct summary as wrong.
+def make_generate_step(graphdef: nnx.GraphDef, config: GenerationConfig,
+                       mesh: jax.sharding.Mesh, *, beam_search: bool | None = None
+                       ) -> Callable[[nnx.State, nnx.State, dict[str, Array]], Array]:
+  """Returns `(params, rest, batch) -> tokens`, generation over D sub-batches at once.
 
   Args:
-    model: the BART backbone (or a `MuppetModel` around it), float32 or bf16.
-    vocab: has `decode_batch(ids) -> list[str]` skipping special tokens (`HFVocabulary`).
-    sub_batches: `SubBatch`es of an evaluation builder (`SubBatchBuilder(...,
-      evaluation=True)`), summarization layout (docs/ARCHITECTURE.md section 2): example e is
-      row e; uses `input_ids` `[R, L]`, `segment_ids` `[R, L]` (attention mask =
-      `segment_ids > 0`), `example_mask` `[E >= R]` and `meta` (the references). Rows that
-      are not examples are not decoded. Every sub-batch of a run has the same shape, so
-      this compiles once.
-    generation_config: the decoding settings (`GenerationConfig.from_config(config.eval, ...)`).
-    rouge_kwargs: options for `evaluate.rouge`.
-    predictions: if given, the generated summaries are appended to it (for logging).
+    graphdef: of the model split as `nnx.split(model, nnx.Param, ...)`: a `MuppetModel` with a
+      BART backbone, or a `BartModel`.
+    config: the decoding settings (static).
+    mesh: the run's mesh; sub-batch d goes to position d of its `data` axis.
+    beam_search: as in `generate`.
 
-  Returns:
-    `evaluate.rouge` scores (rouge1, rouge2, rougeL, rougeLsum fractions) plus `examples`.
-    With no example at all: `{'examples': 0.0}`.
-
-  Raises:
-    ValueError: a sub-batch without metadata (built by a training builder).
+  The returned function takes the replicated `params` and `rest`, and a batch of summarization
+  sub-batches `[1, D, ...]` placed with `NamedSharding(mesh, P(None, 'data'))` (as the eval
+  step's): `input_ids` and `segment_ids` `[1, D, R, L]` (attention mask = segment_ids > 0) and
+  `example_mask` `[1, D, E >= R]` (a row that is no example is not decoded). It returns
+  `[1, D, R, max_length]` int32, sharded the same way: `generate` of each sub-batch. Jit it
+  where it is called (with the batch sharding as `in_shardings`).
   """
-  model = _backbone(model)
-  summaries, references = [], []
-  for sub in sub_batches:
-    if sub.meta is None:
-      raise ValueError('summarize_and_score needs the raw reference summaries: build the '
-                       'sub-batches with SubBatchBuilder(..., evaluation=True)')
-    input_ids = np.asarray(sub.arrays['input_ids'])
-    rows = input_ids.shape[0]
-    examples = np.asarray(sub.arrays['example_mask'], bool).reshape(-1)[:rows]
-    if not examples.any():
-      continue
-    mask = (np.asarray(sub.arrays['segment_ids']) > 0) & examples[:, None]
-    generated = np.asarray(generate(model, input_ids, mask, generation_config))
-    picked = np.flatnonzero(examples)
-    summaries.extend(vocab.decode_batch([generated[r] for r in picked]))
-    references.extend(sub.meta[r].reference for r in picked)
-  if predictions is not None:
-    predictions.extend(summaries)
-  if not summaries:
-    return {'examples': 0.0}
-  scores = evaluate.rouge(summaries, references, **dict(rouge_kwargs or {}))
-  return {**scores, 'examples': float(len(summaries))}
+  beam = _use_beam_search(config, beam_search)
+
+  def per_device(params, rest, input_ids, segment_ids, example_mask):
+    model = _backbone(nnx.merge(graphdef, params, rest))
+    ids = input_ids[0, 0]  # [R, L]: this device's sub-batch.
+    rows = ids.shape[0]
+    mask = (segment_ids[0, 0] > 0) & example_mask[0, 0, :rows, None]
+    return _decode(model, ids, mask, config, beam)[None, None]
+
+  # Each device runs its own decoding loop and stops when its own rows are done: there is no
+  # collective inside, so the devices need not agree on the number of steps (check_vma off: the
+  # loop state becomes device-varying after the first step).
+  sharded = jax.shard_map(per_device, mesh=mesh,
+                          in_specs=(P(), P(), P(None, DATA), P(None, DATA), P(None, DATA)),
+                          out_specs=P(None, DATA), axis_names=frozenset({DATA}), check_vma=False)
+
+  def generate_step(params: nnx.State, rest: nnx.State, batch: dict[str, Array]) -> Array:
+    return sharded(params, rest, batch['input_ids'], batch['segment_ids'],
+                   batch['example_mask'])
+
+  return generate_step

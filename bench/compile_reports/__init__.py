@@ -1,0 +1,1 @@
+"""Compile reports of the paper configs for TPU slices (`python -m bench.compile_reports`)."""

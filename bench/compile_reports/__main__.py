@@ -1,0 +1,213 @@
+r"""Compiles the paper configs for TPU slices and tabulates the reports (docs/COMPILE.md).
+
+  python -m bench.compile_reports [--configs base,large,bart_base,bart_large]
+      [--topologies v4-64,v5e-64,v5p-64] [--r3f off,on] [--depths 2,4]
+      [--set model.remat=full --set data.rows=4 ...] [--max-memory-gib 20] [--force]
+      [--table-only]
+
+Run it with an interpreter whose environment has libtpu (`pip install "jax[tpu]==<jax>"`). Each
+compile is one `python -m muppet_jax.main --mode compile` run in its own process, one at a
+time; its report is kept as bench/compile_reports/<config>_r3f-<off|on>_<topology>[_L<layers>]
+[_<overrides>].json (existing ones are kept unless --force, so an interrupted sweep resumes).
+`--set KEY=VALUE` adds `--config.KEY=VALUE` to every run (e.g. what a report's `advice` says).
+`--max-memory-gib` caps each compile's address space, so that a compile too big for a shared
+machine fails alone instead of waking the kernel's out-of-memory killer.
+
+`--depths 2,4` compiles each config at 2 and 4 layers (`model.num_layers`, per stack for BART;
+everything else as in the config) and extrapolates linearly to the config's depth: every
+per-device quantity (state, activations, FLOPs, bytes accessed, collective bytes) is linear in
+the number of layers, and the paper configs' full-depth programs need more host memory to
+compile than a small machine has (docs/COMPILE.md). Without --depths the full config is
+compiled. The table marks which rows are compiled and which are extrapolated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CONFIGS = ('base', 'large', 'bart_base', 'bart_large')
+GIB = 1024 ** 3
+
+
+def report_path(config: str, r3f: str, topology: str, layers: int | None,
+                overrides: list[str]) -> str:
+  depth = f'_L{layers}' if layers else ''
+  suffix = ''.join('_' + o.replace('=', '-') for o in overrides)
+  return os.path.join(HERE, f'{config}_r3f-{r3f}_{topology}{depth}{suffix}.json')
+
+
+def config_layers(config: str) -> int:
+  """`model.num_layers` of configs/<config>.py (per stack for BART)."""
+  spec = importlib.util.spec_from_file_location(config, os.path.join(REPO, 'configs',
+                                                                     f'{config}.py'))
+  module = importlib.util.module_from_spec(spec)
+  sys.path.insert(0, REPO)
+  spec.loader.exec_module(module)
+  return int(module.get_config().model.num_layers)
+
+
+def compile_one(config: str, r3f: str, topology: str, layers: int | None,
+                overrides: list[str], max_memory_gib: float = 0) -> dict:
+  """One `--mode compile` run in a fresh process; its report with the command added."""
+  depth = [f'--config.model.num_layers={layers}', "--config.model.init_from=''"] if layers else []
+  with tempfile.TemporaryDirectory() as workdir:
+    cmd = [sys.executable, '-m', 'muppet_jax.main', '--config', f'configs/{config}.py',
+           '--workdir', workdir, '--mode', 'compile', f'--config.compile.topology={topology}',
+           f'--config.train.r3f.enabled={r3f == "on"}', *depth,
+           *(f'--config.{o}' for o in overrides)]
+    start = time.time()
+    def limit_memory():
+      if max_memory_gib:
+        size = int(max_memory_gib * GIB)
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, 'HF_HUB_OFFLINE': '1'}, preexec_fn=limit_memory)
+    if proc.returncode:
+      raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
+    with open(os.path.join(workdir, 'compile_report.json')) as f:
+      report = json.load(f)
+  report['command'] = 'python -m muppet_jax.main ' + ' '.join(cmd[3:]).replace(workdir, 'W')
+  report['overrides'] = overrides
+  report['wall_seconds'] = time.time() - start
+  return report
+
+
+def extrapolate(shallow: dict, deep: dict, layers: int) -> dict:
+  """The full-depth figures, linear in the number of layers through two compiled depths."""
+  l1, l2 = shallow['model']['layers'], deep['model']['layers']
+
+  def line(get):
+    a, b = get(shallow), get(deep)
+    if a is None or b is None:
+      return None
+    return b + (b - a) / (l2 - l1) * (layers - l2)
+
+  memory = line(lambda r: r['per_device_bytes'])
+  capacity = deep['device_memory_bytes']
+  flops, moved = line(lambda r: r['flops_per_step']), line(lambda r: r['bytes_accessed_per_step'])
+  model_flops = line(lambda r: r['model_flops_per_step'])
+  roof = deep['roofline']
+  estimate = {'layers': layers, 'from_layers': [l1, l2], 'per_device_bytes': memory,
+              'device_memory_bytes': capacity, 'fits': memory <= capacity,
+              'memory_fraction': memory / capacity, 'flops_per_step': flops,
+              'bytes_accessed_per_step': moved, 'model_flops_per_step': model_flops,
+              # XLA:TPU splits a combined all-reduce into size-capped chunks: the count is
+              # not linear in depth, so only the bytes are extrapolated.
+              'collectives': [{'kind': c['kind'], 'count': None,
+                               'bytes': line(lambda r, k=c['kind']: next(
+                                   (x['bytes'] for x in r['collectives'] if x['kind'] == k), 0))}
+                              for c in deep['collectives']]}
+  if roof and flops is not None:
+    compute, memory_s = flops / roof['peak_flops'], moved / roof['memory_bandwidth']
+    step = max(compute, memory_s)
+    estimate['roofline'] = {'step_seconds': step, 'bound': 'compute' if compute >= memory_s
+                            else 'memory', 'mfu_bound': model_flops / (step * roof['peak_flops'])}
+  return estimate
+
+
+def _collectives(collectives: list[dict]) -> str:
+  parts = []
+  for c in collectives:
+    count = f' x{c["count"]}' if c['count'] else ''
+    parts.append(f'{c["kind"]}{count} ({c["bytes"] / 2 ** 20:.0f} MiB)')
+  return ', '.join(parts) or 'none'
+
+
+def _row(name: str, r3f: bool, r: dict, how: str) -> str:
+  topology = r['target'].split()[1]
+  memory = (f'{r["per_device_bytes"] / GIB:.1f} / {r["device_memory_bytes"] / GIB:.1f} GiB '
+            f'({r["memory_fraction"]:.0%})')
+  fits = 'yes' if r['fits'] else 'no'
+  if not r['fits'] and r.get('advice'):
+    fits += ' (try: ' + '; '.join(a.split(' (')[0] for a in r['advice']) + ')'
+  roof = r.get('roofline')
+  step = f'{roof["step_seconds"] * 1e3:.0f} ms ({roof["bound"]})' if roof else '-'
+  mfu = f'{roof["mfu_bound"]:.0%}' if roof else '-'
+  return (f'| {name} | {"on" if r3f else "off"} | {topology} ({r["num_devices"]} dev.) | '
+          f'{memory} | {fits} | {_collectives(r["collectives"])} | {step} | {mfu} | {how} |')
+
+
+def table(directory: str = HERE) -> str:
+  """The markdown table of the reports in `directory`: full-depth compiles as they are, else
+  the extrapolation from the two depths compiled."""
+  rows = ['| config | R3F | slice | per-device memory | fits | collectives (per update) | '
+          'est. step (roofline) | MFU bound | how |', '|---|---|---|---|---|---|---|---|---|']
+  groups: dict[tuple, dict] = {}
+  for path in glob.glob(os.path.join(directory, '*_r3f-*.json')):
+    m = re.match(r'(.+)_r3f-(on|off)_([^_]+)(?:_L(\d+))?(.*)\.json$', os.path.basename(path))
+    if not m:
+      continue
+    config, r3f, topology, layers, suffix = m.groups()
+    with open(path) as f:
+      groups.setdefault((config, r3f, topology, suffix), {})[int(layers or 0)] = json.load(f)
+  order = {c: i for i, c in enumerate(CONFIGS)}
+  for (config, r3f, topology, suffix), by_depth in sorted(
+      groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], kv[0][2], kv[0][3])):
+    name = config + suffix.replace('_', ' ').replace('-', '=', 1)
+    if 0 in by_depth:
+      r = by_depth[0]
+      rows.append(_row(name, r['options']['r3f'], r, f'compiled ({r["compile_seconds"]:.0f} s)'))
+    elif len(by_depth) >= 2:
+      (l1, shallow), (l2, deep) = sorted(by_depth.items())[:2]
+      estimate = {**deep, **extrapolate(shallow, deep, config_layers(config)), 'advice': []}
+      rows.append(_row(name, deep['options']['r3f'], estimate,
+                       f'est. from {l1} and {l2} layers'))
+  return '\n'.join(rows)
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(prog='python -m bench.compile_reports',
+                              description=__doc__.split('\n')[0])
+  p.add_argument('--configs', default=','.join(CONFIGS))
+  p.add_argument('--topologies', default='v4-64,v5e-64,v5p-64')
+  p.add_argument('--r3f', default='off,on', help='off, on or off,on')
+  p.add_argument('--depths', default='',
+                 help='e.g. 2,4: compile at these depths and extrapolate (default: full depth)')
+  p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                 help='config override for every run, e.g. model.remat=full')
+  p.add_argument('--max-memory-gib', type=float, default=0,
+                 help='address-space cap of each compile (0 = none)')
+  p.add_argument('--force', action='store_true', help='recompile existing reports')
+  p.add_argument('--table-only', action='store_true', help='only print the table')
+  args = p.parse_args(argv)
+  depths = [int(d) for d in args.depths.split(',') if d] or [None]
+  if not args.table_only:
+    for config in args.configs.split(','):
+      for r3f in args.r3f.split(','):
+        for topology in args.topologies.split(','):
+          for layers in depths:
+            path = report_path(config, r3f, topology, layers, args.set)
+            if os.path.exists(path) and not args.force:
+              continue
+            print(f'compiling {config} R3F {r3f} for {topology}'
+                  f'{f" at {layers} layers" if layers else ""} ...', flush=True)
+            try:
+              report = compile_one(config, r3f, topology, layers, args.set,
+                                   args.max_memory_gib)
+            except RuntimeError as e:
+              print(f'  failed: {str(e)[-600:]}', flush=True)
+              continue
+            with open(path + '.tmp', 'w') as f:
+              json.dump(report, f, indent=1)
+            shutil.move(path + '.tmp', path)
+            print(f'  {report["per_device_bytes"] / GIB:.2f} GiB per device, fits: '
+                  f'{report["fits"]}, {report["wall_seconds"]:.0f} s', flush=True)
+  print(table())
+
+
+if __name__ == '__main__':
+  main()

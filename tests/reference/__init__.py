@@ -1,0 +1,1 @@
+"""Copies of the official scoring code, used by the tests as independent references."""
