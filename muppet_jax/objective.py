@@ -10,9 +10,11 @@ with the R3F term only when enabled, and s_e = 1 / log(n_e) with `train.r3f.scal
 else 1. Each choice below, the authors' code it follows and where it departs on purpose:
 docs/FIDELITY.md.
 
-- The family is a traced scalar, so the computation is a `lax.switch` with one branch per family
-  the run needs (built from the task table; summarization only for BART), and one cheap branch
-  returning zeros for any family id the run does not have. Only the slot's own branch runs.
+- The family is a traced scalar, so the computation is a `lax.switch` built from the task
+  table: one branch runs the backbone once (and R3F's noised pass) and then switches between
+  the classification, multiple-choice and span heads the run needs, one runs BART's
+  summarization, and one cheap branch returns zeros for any family id the run does not have.
+  Only the slot's own branch runs.
   Every branch returns the same pytree of shapes; no collective is used inside a branch (the
   step does all of them outside: a collective inside a branch would deadlock devices that took
   different branches).
@@ -208,38 +210,43 @@ def _noised_embeddings(model: MuppetModel, input_ids: jax.Array, key: jax.Array,
   return embeddings + r3f_noise(key, embeddings.shape, embeddings.dtype, settings)
 
 
-def _classification(model: MuppetModel, batch: Batch, noise_key: jax.Array,
-                    settings: ObjectiveSettings, deterministic: bool, r3f: bool,
+@flax.struct.dataclass
+class _Encoded:
+  """The slot's backbone states `[R, L, H]` (`MuppetModel.encode_tokens`), shared by the
+  classification, multiple-choice and span heads."""
+
+  clean: jax.Array
+  noised: jax.Array | None  # R3F's pass over the noised embeddings; None without R3F.
+
+
+def _classification(model: MuppetModel, batch: Batch, encoded: _Encoded,
+                    settings: ObjectiveSettings, deterministic: bool,
                     predict: bool) -> _FamilyResult:
-  del predict  # argmax is the prediction either way.
-  out = model.classify(batch, None, deterministic)
+  del settings, predict  # argmax is the prediction either way.
+  out = model.classify(batch, deterministic=deterministic, hidden=encoded.clean)
   labels = batch['labels']
   loss = losses.cross_entropy(out.logits, labels, out.class_mask)
   label = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
   sym_kl = jnp.zeros_like(loss)
-  if r3f:
-    noised = model.classify(
-        batch, _noised_embeddings(model, batch['input_ids'], noise_key, settings, True),
-        deterministic)
+  if encoded.noised is not None:
+    noised = model.classify(batch, deterministic=deterministic, hidden=encoded.noised)
     sym_kl = losses.symmetric_kl(out.logits, noised.logits, out.class_mask)
   zeros = jnp.zeros_like(label)
   return _FamilyResult(loss=loss, sym_kl=sym_kl, correct=(label == labels).astype(jnp.float32),
                        label=label, span_start=zeros, span_end=zeros)
 
 
-def _multiple_choice(model: MuppetModel, batch: Batch, noise_key: jax.Array,
-                     settings: ObjectiveSettings, deterministic: bool, r3f: bool,
+def _multiple_choice(model: MuppetModel, batch: Batch, encoded: _Encoded,
+                     settings: ObjectiveSettings, deterministic: bool,
                      predict: bool) -> _FamilyResult:
-  del predict
-  out = model.choose(batch, None, deterministic)
+  del settings, predict
+  out = model.choose(batch, deterministic=deterministic, hidden=encoded.clean)
   labels = batch['labels']
   loss = losses.sentence_ranking(out.logits, labels, out.choice_mask)
   label = jnp.argmax(out.logits, axis=-1).astype(jnp.int32)
   sym_kl = jnp.zeros_like(loss)
-  if r3f:
-    noised = model.choose(
-        batch, _noised_embeddings(model, batch['input_ids'], noise_key, settings, True),
-        deterministic)
+  if encoded.noised is not None:
+    noised = model.choose(batch, deterministic=deterministic, hidden=encoded.noised)
     sym_kl = losses.symmetric_kl(out.logits, noised.logits, out.choice_mask)
   zeros = jnp.zeros_like(label)
   return _FamilyResult(loss=loss, sym_kl=sym_kl, correct=(label == labels).astype(jnp.float32),
@@ -280,9 +287,9 @@ def best_spans(start_logits: jax.Array, end_logits: jax.Array, position_mask: ja
                    score=jnp.take_along_axis(flat, best[:, None], axis=-1)[:, 0])
 
 
-def _span(model: MuppetModel, batch: Batch, noise_key: jax.Array, settings: ObjectiveSettings,
-          deterministic: bool, r3f: bool, predict: bool) -> _FamilyResult:
-  out = model.span(batch, None, deterministic)
+def _span(model: MuppetModel, batch: Batch, encoded: _Encoded, settings: ObjectiveSettings,
+          deterministic: bool, predict: bool) -> _FamilyResult:
+  out = model.span(batch, deterministic=deterministic, hidden=encoded.clean)
   rows = out.start_logits.shape[0]
   num_examples = batch['example_mask'].shape[0]
   start, end = batch['span_start'][:rows], batch['span_end'][:rows]
@@ -300,10 +307,8 @@ def _span(model: MuppetModel, batch: Batch, noise_key: jax.Array, settings: Obje
     pred_start = jnp.argmax(out.start_logits, axis=-1).astype(jnp.int32)
     pred_end = jnp.argmax(out.end_logits, axis=-1).astype(jnp.int32)
   sym_kl = jnp.zeros_like(loss)
-  if r3f:
-    noised = model.span(
-        batch, _noised_embeddings(model, batch['input_ids'], noise_key, settings, True),
-        deterministic)
+  if encoded.noised is not None:
+    noised = model.span(batch, deterministic=deterministic, hidden=encoded.noised)
     sym_kl = (losses.symmetric_kl(out.start_logits, noised.start_logits, out.position_mask) +
               losses.symmetric_kl(out.end_logits, noised.end_logits, out.position_mask))
   correct = ((pred_start == start) & (pred_end == end)).astype(jnp.float32)
@@ -339,18 +344,18 @@ def _summarization(model: MuppetModel, batch: Batch, noise_key: jax.Array,
                        span_start=zeros, span_end=zeros)
 
 
-_FAMILY_FNS = {
+# The families whose heads read `encode_tokens` (one backbone pass per slot, shared), and
+# their head functions.
+_HEAD_FNS = {
     Family.CLASSIFICATION: _classification,
     Family.MULTIPLE_CHOICE: _multiple_choice,
     Family.SPAN: _span,
-    Family.SUMMARIZATION: _summarization,
 }
 
 
-def _absent_family(model, batch, noise_key, settings, deterministic, r3f, predict):
+def _absent_family(batch: Batch) -> _FamilyResult:
   """Branch for family ids the run does not have: zeros, derived from the batch (so that they
   carry the batch's device-varying type inside shard_map like the other branches' outputs)."""
-  del model, noise_key, settings, deterministic, r3f, predict
   zero_f = batch['loss_n'].astype(jnp.float32) * 0.
   zero_i = batch['labels'] * 0
   return _FamilyResult(loss=zero_f, sym_kl=zero_f, correct=zero_f, label=zero_i,
@@ -367,36 +372,79 @@ def run_families(task_table: TaskTable, settings: ObjectiveSettings) -> tuple[Fa
   return present
 
 
+def _switch(index_of_family: np.ndarray, branches: list, batch: Batch, *operands):
+  """`branches[index_of_family[batch['family_id']]](*operands)`; no switch for one branch."""
+  if len(branches) == 1:
+    return branches[0](*operands)
+  index = jnp.asarray(index_of_family)[jnp.clip(batch['family_id'], 0, len(Family) - 1)]
+  return jax.lax.switch(index, branches, *operands)
+
+
 def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: TaskTable,
               settings: ObjectiveSettings, deterministic: bool, r3f: bool,
               predict: bool) -> _FamilyResult:
-  """Runs the slot's family branch on a private functional copy of the model."""
-  families = run_families(task_table, settings)
-  fns = [_FAMILY_FNS[f] for f in families]
-  branch_of_family = np.full(len(Family), len(fns), np.int32)  # absent -> the zeros branch
-  for i, f in enumerate(families):
-    branch_of_family[int(f)] = i
-  if np.any(branch_of_family == len(fns)):
-    fns.append(_absent_family)
+  """Runs the slot's family on a private functional copy of the model.
 
+  Two levels: the backbone pass (`encode_tokens`, plus R3F's noised pass) is traced once for
+  the classification, multiple-choice and span families together, then a switch picks the
+  head; summarization (BART: the decoder reads the target, not the input) is its own branch.
+  Tracing the backbone once instead of once per family keeps the program (and its compile
+  time and compile memory) from growing with the number of families.
+  """
+  families = run_families(task_table, settings)
+  head_families = [f for f in families if f in _HEAD_FNS]
   dropout_key, noise_key = split_slot_rng(rng)
   graphdef, state = nnx.split(model)
 
-  def make_branch(fn):
-    def branch(state, batch):
-      # A fresh copy inside the branch's trace: dropout streams can advance freely here, and
-      # nothing leaks into the caller's model.
-      m = nnx.merge(graphdef, state)
-      if not deterministic:
-        _reseed(m, dropout_key)
-      return fn(m, batch, noise_key, settings, deterministic, r3f, predict)
-    return branch
+  def private_copy(state):
+    # A fresh copy inside the branch's trace: dropout streams can advance freely here, and
+    # nothing leaks into the caller's model.
+    m = nnx.merge(graphdef, state)
+    if not deterministic:
+      _reseed(m, dropout_key)
+    return m
 
-  branches = [_uniform_types(make_branch(fn), predict) for fn in fns]
-  if len(branches) == 1:
-    return branches[0](state, batch)
-  index = jnp.asarray(branch_of_family)[jnp.clip(batch['family_id'], 0, len(Family) - 1)]
-  return jax.lax.switch(index, branches, state, batch)
+  def encoder_families(state, batch):
+    m = private_copy(state)
+    clean = m.encode_tokens(batch, None, deterministic)
+    noised = None
+    if r3f:
+      embeddings = _noised_embeddings(m, batch['input_ids'], noise_key, settings, True)
+      noised = m.encode_tokens(batch, embeddings, deterministic)
+    encoded = _Encoded(clean=clean, noised=noised)
+    head_graphdef, head_state = nnx.split(m)  # Carries the advanced dropout streams.
+
+    def head_branch(fn):
+      def branch(head_state, batch, encoded):
+        return fn(nnx.merge(head_graphdef, head_state), batch, encoded, settings,
+                  deterministic, predict)
+      return branch
+
+    head_of_family = np.zeros(len(Family), np.int32)  # Other families never reach here.
+    for i, f in enumerate(head_families):
+      head_of_family[int(f)] = i
+    heads = [_uniform_types(head_branch(_HEAD_FNS[f]), predict) for f in head_families]
+    return _switch(head_of_family, heads, batch, head_state, batch, encoded)
+
+  def summarization(state, batch):
+    return _summarization(private_copy(state), batch, noise_key, settings, deterministic, r3f,
+                          predict)
+
+  def absent(state, batch):
+    del state
+    return _absent_family(batch)
+
+  branches, branch_of_family = [], np.full(len(Family), -1, np.int32)
+  if head_families:
+    branch_of_family[[int(f) for f in head_families]] = len(branches)
+    branches.append(encoder_families)  # Already uniform: the heads are.
+  if Family.SUMMARIZATION in families:
+    branch_of_family[int(Family.SUMMARIZATION)] = len(branches)
+    branches.append(_uniform_types(summarization, predict))
+  if np.any(branch_of_family < 0):  # Family ids the run does not have: zeros.
+    branch_of_family[branch_of_family < 0] = len(branches)
+    branches.append(_uniform_types(absent, predict))
+  return _switch(branch_of_family, branches, batch, state, batch)
 
 
 def _uniform_types(branch, predict: bool):
@@ -411,8 +459,8 @@ def _uniform_types(branch, predict: bool):
   """
   float_dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
 
-  def wrapped(state, batch):
-    r = branch(state, batch)
+  def wrapped(state, batch, *operands):
+    r = branch(state, batch, *operands)
     # x + 0 * (a batch value) carries the batch's device-varying type (the rewrite is free).
     zero_f = batch['loss_n'][0].astype(float_dtype) * 0
     zero_i = batch['labels'][0].astype(jnp.int32) * 0

@@ -208,8 +208,8 @@ def test_span_best_across_all_windows_maps_back_to_the_original_text(vocab, monk
 
   current = {}
 
-  def fake_span(self, batch, input_embeddings=None, deterministic=True):
-    del self, input_embeddings, deterministic
+  def fake_span(self, batch, input_embeddings=None, deterministic=True, *, hidden=None):
+    del self, input_embeddings, deterministic, hidden
     return muppet.SpanOutputs(start_logits=jnp.asarray(current['start']),
                               end_logits=jnp.asarray(current['end']),
                               position_mask=batch['span_mask'].astype(bool))
@@ -304,8 +304,8 @@ def test_evaluator_finds_an_answer_beyond_the_first_rows_windows(tmp_path, monke
   num_windows = len(_hf_windows(tokenizer, late, 48, 8)['input_ids'])
   assert num_windows > 2 * rows  # The answer is beyond the first sub-batch (and the next).
 
-  def fake_span(self, batch, input_embeddings=None, deterministic=True):
-    del self, input_embeddings, deterministic
+  def fake_span(self, batch, input_embeddings=None, deterministic=True, *, hidden=None):
+    del self, input_embeddings, deterministic, hidden
     hit = 10.0 * (batch['input_ids'] == museum[0]).astype(jnp.float32)
     return muppet.SpanOutputs(start_logits=hit, end_logits=hit,
                               position_mask=batch['span_mask'].astype(bool))

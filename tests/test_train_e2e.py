@@ -158,6 +158,7 @@ def test_metrics_jsonl_records_the_run(trained_demo_workdir):
   assert set(evals[0]['eval']) == set(names)
 
 
+@pytest.mark.slow  # Two trainings in subprocesses; exact resume is in tests/test_prepare.py.
 def test_sigterm_resume_matches_uninterrupted_run(tmp_path):
   """SIGTERM saves a checkpoint and exits 143; the same command resumes to the parameters of a
   run that was never stopped, logging every step once."""

@@ -146,10 +146,23 @@ class MuppetModel(nnx.Module):
     num_classes = jnp.asarray(np.asarray(self.num_classes, np.int32))[task_id]
     return head_index, num_classes
 
+  def _hidden(self, batch: Batch, input_embeddings: jax.Array | None, deterministic: bool,
+              hidden: jax.Array | None) -> jax.Array:
+    if hidden is not None:  # Already encoded (the objective encodes once for all heads).
+      if input_embeddings is not None:
+        raise ValueError('pass input_embeddings or hidden, not both')
+      return hidden
+    return self.encode_tokens(batch, input_embeddings, deterministic)
+
   def classify(self, batch: Batch, input_embeddings: jax.Array | None = None,
-               deterministic: bool = True) -> ClassifyOutputs:
-    """Classification: the slot's task head on each example's representative token."""
-    hidden = self.encode_tokens(batch, input_embeddings, deterministic)
+               deterministic: bool = True, *, hidden: jax.Array | None = None
+               ) -> ClassifyOutputs:
+    """Classification: the slot's task head on each example's representative token.
+
+    `hidden`: the slot's `encode_tokens` states `[R, L, H]` when already computed (then the
+    backbone is not run again); likewise for `choose` and `span`.
+    """
+    hidden = self._hidden(batch, input_embeddings, deterministic, hidden)
     features = _gather_tokens(hidden, batch['example_index'][:, 0])  # [E, H]
     head_index, num_classes = self.task_head(batch['task_id'])
     logits = self.classification_heads(features, head_index, num_classes,
@@ -159,9 +172,9 @@ class MuppetModel(nnx.Module):
     return ClassifyOutputs(logits=logits, class_mask=class_mask)
 
   def choose(self, batch: Batch, input_embeddings: jax.Array | None = None,
-             deterministic: bool = True) -> ChooseOutputs:
+             deterministic: bool = True, *, hidden: jax.Array | None = None) -> ChooseOutputs:
     """Multiple choice: one score per choice segment."""
-    hidden = self.encode_tokens(batch, input_embeddings, deterministic)
+    hidden = self._hidden(batch, input_embeddings, deterministic, hidden)
     features = _gather_tokens(hidden, batch['example_index'])  # [E, C, H]
     if self.model_type == 'roberta':
       # HF RobertaForMultipleChoice scores the pooler output (dense + tanh on <s>) of each choice.
@@ -173,9 +186,9 @@ class MuppetModel(nnx.Module):
     return ChooseOutputs(logits=scores, choice_mask=choice_mask)
 
   def span(self, batch: Batch, input_embeddings: jax.Array | None = None,
-           deterministic: bool = True) -> SpanOutputs:
+           deterministic: bool = True, *, hidden: jax.Array | None = None) -> SpanOutputs:
     """Span extraction: start/end logits per token of each row (example e = row e)."""
-    hidden = self.encode_tokens(batch, input_embeddings, deterministic)
+    hidden = self._hidden(batch, input_embeddings, deterministic, hidden)
     position_mask = batch['span_mask'].astype(bool)
     start, end = self.span_head(hidden, position_mask)
     return SpanOutputs(start_logits=start, end_logits=end, position_mask=position_mask)
