@@ -19,6 +19,7 @@ def get_config():
   c.model.num_heads = 12
   c.model.intermediate_size = 3072
   c.model.max_position_embeddings = 1024
+  c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
   c.data.mixture = 'muppet_all'  # Classification, commonsense, MRC and summarization.
   c.data.rows = 1  # One 1,024-token row per device (paper: max tokens 1,024).
   c.data.length = 1024

@@ -21,6 +21,7 @@ def get_config():
   c.model.num_layers = 12
   c.model.num_heads = 12
   c.model.intermediate_size = 3072
+  c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
   c.data.mixture = 'muppet_encoder'  # Every dataset but summarization.
   c.data.rows = 8  # 8 x 512 tokens per device.
   c.data.length = 512

@@ -136,7 +136,8 @@ def build_model(config: ml_collections.ConfigDict, data: DataSetup,
     backbone = None
   elif config.model.init_from:
     backbone, hf_config = hf.load(config.model.init_from, dtype=dtype, param_dtype=param_dtype,
-                                  remat=config.model.remat, rngs=rngs,
+                                  remat=config.model.remat,
+                                  scan_layers=config.model.get('scan_layers', False), rngs=rngs,
                                   overrides=dropout_overrides(config))
     if hf_config.model_type != config.model.type:
       raise errors.ConfigError(f'model.init_from={config.model.init_from!r} is a '

@@ -695,7 +695,8 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
              'hidden_size': int(hf_config.hidden_size), 'layers': int(layers),
              'vocab_size': int(hf_config.vocab_size), 'params': counts.total,
              'slot_matmul_params': counts.slot_matmul, 'dtype': config.model.dtype,
-             'param_dtype': config.model.param_dtype, 'remat': config.model.remat},
+             'param_dtype': config.model.param_dtype, 'remat': config.model.remat,
+             'scan_layers': bool(config.model.get('scan_layers', False))},
       options={'r3f': bool(config.train.r3f.enabled),
                'shard_moments': bool(config.optim.shard_moments),
                'rows': int(config.data.rows), 'length': int(config.data.length),
@@ -745,16 +746,26 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
         mfu_bound=model_flops / (step_s * target.peak_flops), peak_flops=target.peak_flops,
         memory_bandwidth=target.memory_bandwidth, source=target.figures_source)
 
+  flops_note = ('flops_per_step: XLA cost analysis of the compiled step (A > 1: of the same '
+                'step with A = 1, times A); of the family branches (lax.switch) the costliest '
+                'counts; R3F and rematerialisation included. model_flops_per_step: '
+                '6 N + 12 x layers x d x T per token of a classification slot (the bench/ '
+                'formula), no R3F, no remat.')
+  if config.model.get('scan_layers', False):
+    # The cost analysis counts a while-loop body once: the layer scans add one layer's cost.
+    scanned = (f'model.scan_layers: XLA counts each layer scan\'s body once, so '
+               f'flops_per_step, bytes_accessed_per_step and the roofline cover 1 of the '
+               f'{layers} layers per stack (an undercount); memory figures are exact. For the '
+               'totals: python -m bench.compile_reports --depths 2,4 --set '
+               'model.scan_layers=False (extrapolates from 2 and 4 unrolled layers).')
+    flops_note = scanned + ' ' + flops_note
+    common['notes'] = list(common['notes']) + [scanned]
   return CompileReport(
       **common, per_device_bytes=per_device, device_memory_bytes=device_memory,
       device_memory_source=target.memory_source, fits=fits,
       memory_fraction=None if device_memory is None else per_device / device_memory,
       memory=memory, flops_per_step=flops, bytes_accessed_per_step=bytes_accessed,
-      flops_note=('flops_per_step: XLA cost analysis of the compiled step (A > 1: of the same '
-                  'step with A = 1, times A); of the family branches (lax.switch) the costliest '
-                  'counts; R3F and rematerialisation included. model_flops_per_step: '
-                  '6 N + 12 x layers x d x T per token of a classification slot (the bench/ '
-                  'formula), no R3F, no remat.'),
+      flops_note=flops_note,
       collectives=hlo_collectives(compiled.as_text()), roofline=roofline,
       advice=_advice(config, fits, memory))
 
@@ -781,7 +792,8 @@ def format_report(report: CompileReport) -> str:
       f'({report.grad_accum} accumulation step(s)); {report.model["type"]} '
       f'{report.model["params"] / 1e6:.1f}M params from {report.model["source"]}; '
       f'R3F {"on" if report.options["r3f"] else "off"}, shard_moments '
-      f'{"on" if report.options["shard_moments"] else "off"}, remat {report.model["remat"]}',
+      f'{"on" if report.options["shard_moments"] else "off"}, remat {report.model["remat"]}'
+      f'{", layers scanned" if report.model.get("scan_layers") else ""}',
       f'memory per device: {gib(report.per_device_bytes)} {verdict}',
       f'  parameters {gib(m.parameters)}, optimizer state {gib(m.optimizer_state)}, other state '
       f'{gib(m.other_state)}, batch {gib(m.batch)}',

@@ -45,6 +45,12 @@ def default() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay param_dtype).
   c.model.param_dtype = 'float32'  # Master-weight dtype.
   c.model.remat = 'none'  # Per-layer rematerialisation: 'none', 'full' or 'dots_saveable'.
+  # Stack each layer stack's parameters on a leading 'layers' axis and run the layers with a
+  # scan: one compiled layer body whatever the depth (compile time and compiler memory stop
+  # growing with depth). False: a Python loop of separate layers (unrolled). Same numerics
+  # and the same Hugging Face export either way; checkpoints of one layout do not restore
+  # into the other.
+  c.model.scan_layers = False
 
   # --- Data --------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
@@ -171,6 +177,7 @@ _RULES: tuple[_Rule, ...] = (
      "'float32', 'bfloat16' or 'float16'"),
     ('model.remat', lambda v: v in ('none', 'full', 'dots_saveable'),
      "'none', 'full' or 'dots_saveable'"),
+    ('model.scan_layers', lambda v: isinstance(v, bool), 'True or False'),
     ('model.dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
     ('model.attention_dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
     ('model.head_dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),

@@ -482,7 +482,10 @@ def _reseed(model: nnx.Module, key: jax.Array) -> None:
   """Reseeds every RNG stream of `model` from `key` (deterministic in the graph order)."""
   tags = sorted({v.key.tag for _, v in nnx.iter_graph(model) if isinstance(v, nnx.RngStream)})
   if tags:
-    nnx.reseed(model, **{t: jax.random.fold_in(key, i) for i, t in enumerate(tags)})
+    # 'match_shape': the stacked streams of scanned layers (`model.scan_layers`) get one key per
+    # layer, split from the stream's key; scalar streams get the key itself.
+    nnx.reseed(model, policy='match_shape',
+               **{t: jax.random.fold_in(key, i) for i, t in enumerate(tags)})
 
 
 def slot_loss(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: TaskTable,

@@ -2,8 +2,10 @@
 
 The mesh has a `data` axis (one task sub-batch per device: MUPPET's heterogeneous batches) and a
 `model` axis for tensor parallelism (size 1 by default). Model code names logical axes on its
-parameters (`vocab`, `embed`, `mlp`, `heads`, `positions`, `heads_stack`); `LOGICAL_RULES` maps
-them onto mesh axes. With `mesh.model == 1` every parameter is replicated.
+parameters (`vocab`, `embed`, `mlp`, `heads`, `positions`, `heads_stack`, and `layers`, the
+leading axis of scanned layer stacks, `model.scan_layers`, always replicated: every device runs
+every layer); `LOGICAL_RULES` maps them onto mesh axes. With `mesh.model == 1` every parameter
+is replicated.
 
 A mesh that cannot work (more devices than there are, a `mesh.model` that does not divide a
 sharded parameter dimension) fails with an `errors.ConfigError` naming the mesh field and the

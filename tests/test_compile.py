@@ -112,6 +112,28 @@ def test_report_fields_memory_flops_and_json(tmp_path):
   assert report.compile_seconds > 0
 
 
+def test_scan_layers_step_compiles_and_reports(tmp_path):
+  """model.scan_layers: the step compiles with stacked layers; the report has its fields, the
+  same parameter bytes as unrolled layers, and says that the FLOPs count one layer a stack."""
+  config = _config()
+  config.model.num_layers, config.model.scan_layers = 2, True
+  report = compile_lib.run(config, str(tmp_path))
+  with open(tmp_path / compile_lib.REPORT_NAME) as f:
+    written = json.load(f)
+  for key in ('per_device_bytes', 'device_memory_bytes', 'fits', 'memory', 'flops_per_step',
+              'model_flops_per_step', 'collectives', 'compile_seconds', 'roofline', 'target'):
+    assert key in written, key
+  assert written['model']['scan_layers'] is True and written['model']['layers'] == 2
+  assert report.fits and report.flops_per_step > 0 and report.roofline is not None
+  assert 'scan_layers' in report.flops_note and any('scan_layers' in n for n in report.notes)
+  unrolled = _config()
+  unrolled.model.num_layers = 2
+  assert report.memory.parameters == compile_lib.compile_step(
+      unrolled, '/nonexistent-workdir').memory.parameters
+  kinds = [c.kind for c in report.collectives]
+  assert 'all-reduce' in kinds
+
+
 @pytest.mark.parametrize('num_tasks,accum', [(2, 1), (2, 2), (3, 1)])
 def test_one_gradient_all_reduce_per_update(num_tasks, accum):
   """XLA combines the gradient and metric sums into one all-reduce on CPU; neither the

@@ -554,3 +554,30 @@ def test_model_card_snippets_run_as_written_long_inputs_included(exported, capsy
   labels = transformers.AutoConfig.from_pretrained(
       _head(exported['report'], exported['run'].data.task_names[0]).path).id2label.values()
   assert set(labels) & set(printed)  # The classification snippet printed a label name.
+
+
+@pytest.mark.parametrize('model_type', ['roberta', 'bart'])
+def test_scan_layers_export_the_same_tensors(model_type, tmp_path):
+  """The HF files written for a backbone do not depend on `model.scan_layers`: stacked
+  parameters are written as the unrolled layers' tensors, names, shapes and values."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from muppet_jax.models import hf  # pylint: disable=import-outside-toplevel
+
+  hf_config = hf.config_from_shape(
+      model_type, hidden_size=16, num_layers=3, num_heads=2, intermediate_size=24,
+      max_position_embeddings=40, vocab_size=60, dropout=0.1, attention_dropout=0.1)
+  unrolled = hf.build(hf_config, rngs=nnx.Rngs(0))
+  scanned = hf.build(hf_config, scan_layers=True, rngs=nnx.Rngs(1))
+  hf.from_hf_state_dict(scanned, hf.to_hf_state_dict(unrolled))
+  for keep_pooler in (True, False):
+    a = export._backbone_tensors(unrolled, model_type, keep_pooler=keep_pooler)  # pylint: disable=protected-access
+    b = export._backbone_tensors(scanned, model_type, keep_pooler=keep_pooler)  # pylint: disable=protected-access
+    assert list(a) == list(b)
+    for name in a:
+      assert a[name].shape == b[name].shape and np.array_equal(a[name], b[name]), name
+  hf.save(unrolled, hf_config, str(tmp_path / 'unrolled'))
+  hf.save(scanned, hf_config, str(tmp_path / 'scanned'))
+  for name in ('model.safetensors', 'config.json'):
+    with open(tmp_path / 'unrolled' / name, 'rb') as f, open(tmp_path / 'scanned' / name,
+                                                             'rb') as g:
+      assert f.read() == g.read(), name

@@ -301,3 +301,14 @@ def test_summaries_are_scored_against_the_raw_references(references):
   with pytest.raises(ValueError, match='evaluation=True'):
     evaluator.score_summaries([batching.SubBatch(arrays, 2, int(MASK.sum()))],
                               [expected.astype(np.int32)], _FakeVocab())
+
+
+@pytest.mark.parametrize('name', ['greedy_processors', 'beam4_lp2_ngram3_min5_early'])
+def test_scan_layers_generate_like_unrolled(bart_pair, references, name):
+  """Stacked (scanned) layers decode with the per-layer cache as unrolled layers do."""
+  model, _ = hf.load(bart_pair['path'], scan_layers=True)
+  assert model.decoder.scan_layers
+  config = gen.GenerationConfig.from_hf(bart_pair['config'], max_length=MAX_LENGTH,
+                                        **SETTINGS[name])
+  np.testing.assert_array_equal(np.asarray(gen.generate(model, IDS, MASK, config)),
+                                references[name])

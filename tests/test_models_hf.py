@@ -154,8 +154,10 @@ def _torch_state(model: torch.nn.Module) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('layout', ['safetensors', 'sharded_safetensors', 'bin', 'sharded_bin'])
-def test_roberta_matches_transformers(roberta_ref, layout, tmp_path):
+@pytest.mark.parametrize('layout,scan', [('safetensors', False), ('sharded_safetensors', False),
+                                         ('bin', False), ('sharded_bin', False),
+                                         ('safetensors', True)])
+def test_roberta_matches_transformers(roberta_ref, layout, scan, tmp_path):
   if layout == 'safetensors':
     path = roberta_ref['path']
   elif layout == 'sharded_safetensors':
@@ -165,8 +167,9 @@ def test_roberta_matches_transformers(roberta_ref, layout, tmp_path):
   else:
     path = str(tmp_path)
     _save_torch_bin(roberta_ref['model'], path, shards=3 if layout == 'sharded_bin' else 1)
-  model, config = hf.load(path)
+  model, config = hf.load(path, scan_layers=scan)
   assert isinstance(model, roberta.RobertaModel) and config.model_type == 'roberta'
+  assert model.encoder.scan_layers == scan
   hidden = model(jnp.asarray(IDS), jnp.asarray(MASK))
   assert hidden.shape == (3, 8, 32)
   assert _max_diff(hidden, roberta_ref['hidden'], MASK) < TOL
@@ -199,8 +202,9 @@ def test_roberta_activations(act, tmp_path):
   assert _max_diff(model(jnp.asarray(IDS), jnp.asarray(MASK)), expected, MASK) < TOL
 
 
-def test_roberta_save_roundtrip(roberta_ref, tmp_path):
-  model, config = hf.load(roberta_ref['path'])
+@pytest.mark.parametrize('scan', [False, True])
+def test_roberta_save_roundtrip(roberta_ref, scan, tmp_path):
+  model, config = hf.load(roberta_ref['path'], scan_layers=scan)
   hf.save(model, config, str(tmp_path))
   saved = safetensors.numpy.load_file(str(tmp_path / 'model.safetensors'))
   original = _torch_state(roberta_ref['model'])
@@ -378,20 +382,74 @@ def test_roberta_dropout_and_remat(roberta_ref):
       np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
-def test_logical_axis_names(roberta_ref, bart_ref):
+def _hf_named(model, tree) -> dict[str, np.ndarray]:
+  """`tree` (a state of `model`'s shape, e.g. gradients) by HF tensor names."""
+  nnx.update(model, tree)
+  return hf.to_hf_state_dict(model)
+
+
+@pytest.mark.parametrize('model_type', ['roberta', 'bart'])
+def test_scan_layers_same_loss_and_grads(roberta_ref, bart_ref, model_type):
+  """Scanned layers (parameters stacked by the HF round trip) give the unrolled loss and
+  gradients, with and without remat inside the scan; dropout runs inside the scan, each
+  layer with its own masks, and reseeding the stacked streams reproduces them."""
+  from muppet_jax import objective  # pylint: disable=import-outside-toplevel
+
+  path = (roberta_ref if model_type == 'roberta' else bart_ref)['path']
+  ids, mask = jnp.asarray(IDS), jnp.asarray(MASK)
+
+  def loss(model):
+    return jnp.sum(model(ids, mask) ** 2)
+
+  unrolled, _ = hf.load(path)
+  ref_loss, ref_grads = nnx.value_and_grad(loss)(unrolled)
+  ref_grads = _hf_named(hf.load(path)[0], ref_grads)
+  for remat in ('none', 'dots_saveable'):
+    scanned, _ = hf.load(path, remat=remat, scan_layers=True)
+    value, grads = nnx.value_and_grad(loss)(scanned)
+    np.testing.assert_allclose(value, ref_loss, rtol=1e-5)
+    grads = _hf_named(hf.load(path, scan_layers=True)[0], grads)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+      np.testing.assert_allclose(g, ref_grads[name], rtol=1e-4, atol=1e-4, err_msg=name)
+
+  scanned, _ = hf.load(path, scan_layers=True, rngs=nnx.Rngs(params=0, dropout=1))
+  streams = [v for _, v in nnx.iter_graph(scanned.encoder.layer if model_type == 'roberta'
+                                          else scanned.encoder.layers)
+             if isinstance(v, nnx.RngStream)]
+  assert streams and all(s.key.shape == (2,) for s in streams)  # One key per layer.
+  keys = jax.random.key_data(streams[0].key[...])
+  assert not np.array_equal(keys[0], keys[1])
+  outputs = []
+  for _ in range(2):
+    objective._reseed(scanned, jax.random.key(7))  # pylint: disable=protected-access
+    outputs.append(scanned(ids, mask, deterministic=False))
+  outputs.append(scanned(ids, mask, deterministic=False))  # The streams advanced.
+  assert _max_diff(outputs[0], outputs[1]) == 0
+  assert _max_diff(outputs[0], outputs[2]) > 1e-3
+  assert _max_diff(outputs[0], scanned(ids, mask)) > 1e-3
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_logical_axis_names(roberta_ref, bart_ref, scan):
   for path in (roberta_ref['path'], bart_ref['path']):
-    model, _ = hf.load(path)
+    model, _ = hf.load(path, scan_layers=scan)
     count = 0
     for name, variable in nnx.iter_graph(model):
       if isinstance(variable, (nnx.Param, bart.Buffer)):
         names = variable.get_metadata().get('out_sharding')
         assert names is not None and len(names) == variable.ndim, name
+        stacked = scan and name[0] in ('encoder', 'decoder') and name[1] in ('layer', 'layers')
+        if stacked:  # Scanned stacks: a leading 'layers' axis (replicated), one tensor a layer.
+          assert names[0] == attention.LAYERS_AXIS and variable.shape[0] == 2, name
+          names = names[1:]
         assert set(names) <= LOGICAL_NAMES, name
-        count += 1
+        count += 2 if stacked else 1
     assert count == len(hf.to_hf_state_dict(model))
   specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
-  assert tuple(specs['encoder']['layers'][0]['self_attn']['q_proj']['kernel'].get_value()) == (
-      'embed', 'heads')
+  layer = specs['encoder']['layers'] if scan else specs['encoder']['layers'][0]
+  assert tuple(layer['self_attn']['q_proj']['kernel'].get_value()) == (
+      ('layers', 'embed', 'heads') if scan else ('embed', 'heads'))
   assert tuple(specs['shared']['embedding'].get_value()) == ('vocab', 'embed')
 
 
@@ -413,12 +471,14 @@ def test_roberta_large_shape_runs_on_cpu():
 
 
 @pytest.mark.parametrize(
-    'overrides', [{}, {'scale_embedding': True, 'activation_function': 'relu'}],
-    ids=['default', 'scaled_relu'])
-def test_bart_matches_transformers(overrides, tmp_path):
+    'overrides,scan', [({}, False), ({'scale_embedding': True, 'activation_function': 'relu'},
+                                     False), ({}, True)],
+    ids=['default', 'scaled_relu', 'scan_layers'])
+def test_bart_matches_transformers(overrides, scan, tmp_path):
   ref_model = _torch_bart(**overrides)
   ref_model.save_pretrained(str(tmp_path))
-  model, config = hf.load(str(tmp_path))
+  model, config = hf.load(str(tmp_path), scan_layers=scan)
+  assert model.encoder.scan_layers == model.decoder.scan_layers == scan
   assert isinstance(model, bart.BartModel) and config.model_type == 'bart'
   ref = _bart_reference(ref_model)
   ids, mask = jnp.asarray(IDS), jnp.asarray(MASK)
@@ -556,8 +616,9 @@ def test_bart_input_embeddings_bf16_and_dropout(bart_ref):
   assert _max_diff(logits, ref['logits'], DEC_MASK) < 0.1
 
 
-def test_bart_incremental_decoding_matches_transformers(bart_ref):
-  model, _ = hf.load(bart_ref['path'])
+@pytest.mark.parametrize('scan', [False, True])
+def test_bart_incremental_decoding_matches_transformers(bart_ref, scan):
+  model, _ = hf.load(bart_ref['path'], scan_layers=scan)
   ref = _bart_reference(bart_ref['model'], dec_mask=None)
   ids, mask = jnp.asarray(IDS), jnp.asarray(MASK)
   cache = model.init_cache(model.encode(ids, mask), mask, max_length=DEC_IDS.shape[1] + 2)

@@ -19,6 +19,7 @@ Logical axis names (the `out_sharding` metadata of every parameter, which
 | `embed` | the model width (`hidden_size` / `d_model`), the residual stream |
 | `heads` | the flattened `num_heads * head_dim` axis of q/k/v outputs and out-projection inputs |
 | `mlp` | the feed-forward width (`intermediate_size` / `*_ffn_dim`), and the pooler output |
+| `layers` | the leading layer axis of a scanned layer stack (`model.scan_layers`), replicated |
 | `None` | replicated (RoBERTa's one-row token-type table) |
 
 So the query kernel is `('embed', 'heads')`, the attention output kernel `('heads', 'embed')`,
@@ -307,3 +308,82 @@ def apply_layer(layer: nnx.Module, remat: str, *args: Any, **static_kwargs: Any)
 
   policy = jax.checkpoint_policies.dots_saveable if remat == 'dots_saveable' else None
   return nnx.remat(call, policy=policy)(layer, *args)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layer stacks: unrolled (a Python list) or scanned (parameters stacked on a leading axis)
+# ---------------------------------------------------------------------------------------------
+
+# Logical name of the leading layer axis of stacked (scanned) layer parameters.
+LAYERS_AXIS = 'layers'
+_LAYERS_METADATA = {nnx.PARTITION_NAME: LAYERS_AXIS}
+
+
+def make_layers(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, scan: bool,
+                rngs: nnx.Rngs) -> nnx.Module:
+  """`num_layers` layers `make(rngs)`: an `nnx.List` when `scan` is False, else one module
+  whose variables are stacked on a leading axis of size `num_layers` (logical name 'layers';
+  the RNG streams of its dropouts are split too, so every layer draws its own masks).
+
+  Flax NNX's "scan over layers" pattern: `nnx.split_rngs` + `nnx.vmap` at creation.
+  """
+  if not scan:
+    return nnx.List([make(rngs) for _ in range(num_layers)])
+
+  @nnx.split_rngs(splits=num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=_LAYERS_METADATA)
+  def create(rngs):
+    return make(rngs)
+
+  return create(rngs)
+
+
+def run_layers(layers: nnx.Module, scan: bool, remat: str, hidden: Array, *args: Any,
+               **static_kwargs: Any) -> Array:
+  """`hidden = layer(hidden, *args, **static_kwargs)` for every layer in order.
+
+  Unrolled (`scan` False): a Python loop over the `nnx.List`. Scanned: one `nnx.scan` over the
+  stacked layer (`args` are closed over, the same for every layer), so that the program holds
+  one layer body whatever the depth; remat applies inside the body as in the unrolled case.
+  """
+  if not scan:
+    for layer in layers:
+      hidden = apply_layer(layer, remat, hidden, *args, **static_kwargs)
+    return hidden
+
+  @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry, transform_metadata=_LAYERS_METADATA)
+  def body(hidden, layer):
+    return apply_layer(layer, remat, hidden, *args, **static_kwargs)
+
+  return body(hidden, layers)
+
+
+def num_stacked(layers: nnx.Module) -> int:
+  """Number of layers of a stacked layer module (the leading axis of its parameters)."""
+  for _, v in nnx.iter_graph(layers):
+    if isinstance(v, nnx.Param):
+      return int(v.shape[0])
+  raise ValueError('The layer stack has no parameters.')
+
+
+def layer_list(layers: nnx.Module, scan: bool) -> list[nnx.Module]:
+  """The layers as a list of modules. Scanned stacks are sliced: each entry is a new module
+  holding slice i of every stacked variable (reads only: changes to it, e.g. of dropout RNG
+  counts, are not written back to the stack). Used by incremental decoding."""
+  if not scan:
+    return list(layers)
+  graphdef, state = nnx.split(layers)
+
+  def take(i):
+    def one(x):
+      if isinstance(x, nnx.Variable):
+        meta = dict(x.get_metadata())
+        names = meta.get('out_sharding')
+        y = x.replace(x.get_value()[i])
+        if names and names[0] == LAYERS_AXIS:
+          y.set_metadata(out_sharding=tuple(names[1:]))
+        return y
+      return x[i]
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+  return [nnx.merge(graphdef, take(i)) for i in range(num_stacked(layers))]

@@ -239,41 +239,38 @@ class BartEncoder(_Stack):
   """HF `BartEncoder` without its (tied) `embed_tokens`: takes raw token embeddings."""
 
   def __init__(self, config: transformers.BartConfig, *, dtype: Dtype, param_dtype: Dtype,
-               remat: str, rngs: nnx.Rngs):
+               remat: str, rngs: nnx.Rngs, scan_layers: bool = False):
     self._init_embedding_side(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.remat = attention.check_remat(remat)
-    self.layers = nnx.List([
-        BartEncoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        for _ in range(config.encoder_layers)
-    ])
+    self.scan_layers = bool(scan_layers)
+    self.layers = attention.make_layers(
+        lambda r: BartEncoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=r),
+        config.encoder_layers, scan=self.scan_layers, rngs=rngs)
 
   def __call__(self, token_embeddings: Array, positions: Array, mask: Array | None, *,
                deterministic: bool) -> Array:
     hidden = self.embed(token_embeddings, positions, deterministic=deterministic)
-    for layer in self.layers:
-      hidden = attention.apply_layer(layer, self.remat, hidden, mask, deterministic=deterministic)
-    return hidden
+    return attention.run_layers(self.layers, self.scan_layers, self.remat, hidden, mask,
+                                deterministic=deterministic)
 
 
 class BartDecoder(_Stack):
   """HF `BartDecoder` without its (tied) `embed_tokens`: takes raw token embeddings."""
 
   def __init__(self, config: transformers.BartConfig, *, dtype: Dtype, param_dtype: Dtype,
-               remat: str, rngs: nnx.Rngs):
+               remat: str, rngs: nnx.Rngs, scan_layers: bool = False):
     self._init_embedding_side(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.remat = attention.check_remat(remat)
-    self.layers = nnx.List([
-        BartDecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        for _ in range(config.decoder_layers)
-    ])
+    self.scan_layers = bool(scan_layers)
+    self.layers = attention.make_layers(
+        lambda r: BartDecoderLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=r),
+        config.decoder_layers, scan=self.scan_layers, rngs=rngs)
 
   def __call__(self, token_embeddings: Array, positions: Array, self_mask: Array | None,
                encoder_hidden: Array, cross_mask: Array | None, *, deterministic: bool) -> Array:
     hidden = self.embed(token_embeddings, positions, deterministic=deterministic)
-    for layer in self.layers:
-      hidden = attention.apply_layer(layer, self.remat, hidden, self_mask, encoder_hidden,
-                                     cross_mask, deterministic=deterministic)
-    return hidden
+    return attention.run_layers(self.layers, self.scan_layers, self.remat, hidden, self_mask,
+                                encoder_hidden, cross_mask, deterministic=deterministic)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +330,7 @@ class BartModel(nnx.Module):
       dtype: Dtype = jnp.float32,
       param_dtype: Dtype = jnp.float32,
       remat: str = 'none',
+      scan_layers: bool = False,
       rngs: nnx.Rngs,
   ):
     """Builds a randomly initialised model (HF init: N(0, init_std), zero biases).
@@ -343,6 +341,8 @@ class BartModel(nnx.Module):
       dtype: compute dtype. LayerNorm statistics, softmax and LM logits are float32.
       param_dtype: parameter dtype.
       remat: per-layer rematerialisation, 'none' | 'full' | 'dots_saveable'.
+      scan_layers: stack each stack's layer parameters on a leading axis and run them with a
+        scan (one compiled layer body per stack whatever the depth); same numerics, HF names.
       rngs: `nnx.Rngs`; `params` (or `default`) initialises, `dropout` (or `default`) seeds the
         dropout streams stored on the module.
     """
@@ -354,8 +354,8 @@ class BartModel(nnx.Module):
     self.shared = attention.embed(hf_config.vocab_size, hf_config.d_model, ('vocab', 'embed'),
                                   init_std=hf_config.init_std, param_dtype=param_dtype,
                                   padding_idx=hf_config.pad_token_id, rngs=rngs)
-    self.encoder = BartEncoder(hf_config, remat=remat, **kw)
-    self.decoder = BartDecoder(hf_config, remat=remat, **kw)
+    self.encoder = BartEncoder(hf_config, remat=remat, scan_layers=scan_layers, **kw)
+    self.decoder = BartDecoder(hf_config, remat=remat, scan_layers=scan_layers, **kw)
     self.final_logits_bias = Buffer(jnp.zeros((hf_config.vocab_size,), param_dtype),
                                     out_sharding=('vocab',), eager_sharding=False)
 
@@ -488,6 +488,10 @@ class BartModel(nnx.Module):
 
   # --- Incremental decoding ------------------------------------------------------------------
 
+  def decoder_layers(self) -> list[BartDecoderLayer]:
+    """The decoder layers as a list (slices of the stack when `scan_layers`; read-only)."""
+    return attention.layer_list(self.decoder.layers, self.decoder.scan_layers)
+
   def init_cache(self, encoder_hidden: Array, attention_mask: Array | None = None, *,
                  max_length: int) -> DecodeCache:
     """An empty decode cache for up to `max_length` decoder tokens.
@@ -499,7 +503,7 @@ class BartModel(nnx.Module):
     """
     batch, source_length = encoder_hidden.shape[:2]
     self_kv, cross_kv = [], []
-    for layer in self.decoder.layers:
+    for layer in self.decoder_layers():
       cross = layer.encoder_attn.project_kv(encoder_hidden)
       cross_kv.append(cross)
       shape = (batch, max_length) + cross.key.shape[2:]
@@ -526,7 +530,7 @@ class BartModel(nnx.Module):
                                 jnp.broadcast_to(query_positions, (batch, length)),
                                 deterministic=deterministic)
     new_self = []
-    for layer, kv, cross in zip(self.decoder.layers, cache.self_attn, cache.cross_attn):
+    for layer, kv, cross in zip(self.decoder_layers(), cache.self_attn, cache.cross_attn):
       fresh = layer.self_attn.project_kv(hidden)
       start = (0, cache.index, 0, 0)
       kv = KVCache(

@@ -15,6 +15,11 @@ its path joined with '.', with the leaf renamed:
 | `...Embed.embedding` | `...weight` |
 | BART `final_logits_bias` `[V]` | `final_logits_bias` `[1, V]` |
 
+With `scan_layers`, a stack's layers are one module whose variables have a leading layer axis:
+our `encoder.layer.attention.self.query.kernel` `[L, in, out]` holds HF's
+`encoder.layer.{i}.attention.self.query.weight` as slice i (likewise BART's
+`encoder.layers.*` / `decoder.layers.*`), so both layouts read and write the same HF files.
+
 Layouts written by `save` (and the default of `to_hf_state_dict`):
 - RoBERTa: HF `RobertaModel` names, no prefix (`embeddings.*`, `encoder.layer.{i}.*`,
   `pooler.dense.*`); `transformers.AutoModel` loads it with no missing or unexpected keys.
@@ -154,11 +159,17 @@ def build(
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     remat: str = 'none',
+    scan_layers: bool = False,
     rngs: nnx.Rngs | None = None,
 ) -> Backbone:
-  """A randomly initialised backbone for `hf_config` (`rngs` default: `nnx.Rngs(0)`)."""
+  """A randomly initialised backbone for `hf_config` (`rngs` default: `nnx.Rngs(0)`).
+
+  `scan_layers` stacks each layer stack's parameters on a leading axis (run with a scan); the
+  HF names and values are the same either way (see `to_hf_state_dict`).
+  """
   rngs = nnx.Rngs(0) if rngs is None else rngs
-  kw = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+  kw = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers,
+            rngs=rngs)
   if hf_config.model_type == 'roberta':
     return roberta.RobertaModel(hf_config, **kw)
   if hf_config.model_type == 'bart':
@@ -185,22 +196,64 @@ def _default_prefix(model_type: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-  """One backbone tensor: our variable and its HF name and shape."""
+  """One backbone tensor: our variable (or slice `index` of a stacked one) and its HF shape."""
 
   variable: nnx.Variable
   hf_shape: tuple[int, ...]
   transpose: bool  # Linear kernel: HF stores [out, in].
+  index: int | None = None  # Layer of a scanned stack: slice `index` of the leading axis.
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """Our shape of the tensor (one layer's slice for a stacked variable)."""
+    shape = tuple(self.variable.shape)
+    return shape if self.index is None else shape[1:]
+
+
+def _stacked_paths(model: Backbone) -> dict[tuple[str, ...], int]:
+  """Module paths of scanned layer stacks -> number of layers (empty when unrolled)."""
+  from muppet_jax.models import attention  # pylint: disable=import-outside-toplevel
+
+  if isinstance(model, roberta.RobertaModel):
+    stacks = {('encoder', 'layer'): model.encoder}
+  else:
+    stacks = {('encoder', 'layers'): model.encoder, ('decoder', 'layers'): model.decoder}
+  return {path: attention.num_stacked(getattr(stack, path[1]))
+          for path, stack in stacks.items() if stack.scan_layers}
 
 
 _LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
 
 
 def _entries(model: Backbone, prefix: str) -> Iterator[tuple[str, _Entry]]:
-  """(HF name, entry) for every parameter (and buffer) of the backbone."""
+  """(HF name, entry) for every parameter (and buffer) of the backbone.
+
+  A variable of a scanned layer stack (path `encoder.layer.attention...` with a leading layer
+  axis) gives one entry per layer, named as the unrolled layer `encoder.layer.{i}.attention...`.
+  """
+  stacked = _stacked_paths(model)
+  # A stack's variables are buffered and written layer by layer when the stack ends, so that
+  # the names come in the unrolled model's order (layer 0's tensors, then layer 1's, ...).
+  pending: list[tuple[str, str, nnx.Variable, tuple[int, ...], bool]] = []
+  pending_stack: tuple[str, ...] | None = None
+
+  def flush():
+    if pending_stack is None:
+      return
+    for i in range(stacked[pending_stack]):
+      for stack_name, rest, node, one, transpose in pending:
+        yield f'{stack_name}.{i}.{rest}', _Entry(node, one[::-1] if transpose else one,
+                                                  transpose, index=i)
+    pending.clear()
+
   for path, node in nnx.iter_graph(model):
     if not isinstance(node, (nnx.Param, bart.Buffer)):
       continue
     shape = tuple(node.shape)
+    stack = tuple(path[:2]) if tuple(path[:2]) in stacked else None
+    if stack != pending_stack:
+      yield from flush()
+      pending_stack = stack
     if path == ('final_logits_bias',):
       yield _BART_LM_BIAS, _Entry(node, (1,) + shape, False)
       continue
@@ -208,8 +261,13 @@ def _entries(model: Backbone, prefix: str) -> Iterator[tuple[str, _Entry]]:
     if leaf not in _LEAF_NAMES:
       raise AssertionError(f'No HF name for parameter {path}.')
     transpose = leaf == 'kernel'
-    name = prefix + '.'.join(str(p) for p in parents) + '.' + _LEAF_NAMES[leaf]
-    yield name, _Entry(node, shape[::-1] if transpose else shape, transpose)
+    if stack is None:
+      name = prefix + '.'.join(str(p) for p in parents) + '.' + _LEAF_NAMES[leaf]
+      yield name, _Entry(node, shape[::-1] if transpose else shape, transpose)
+      continue
+    rest = '.'.join(str(p) for p in parents[2:]) + '.' + _LEAF_NAMES[leaf]
+    pending.append((f'{prefix}{parents[0]}.{parents[1]}', rest, node, shape[1:], transpose))
+  yield from flush()
 
 
 def to_hf_state_dict(model: Backbone, *, prefix: str | None = None) -> dict[str, np.ndarray]:
@@ -229,8 +287,12 @@ def to_hf_state_dict(model: Backbone, *, prefix: str | None = None) -> dict[str,
   """
   prefix = _default_prefix(_model_type(model)) if prefix is None else prefix
   out = {}
+  host: dict[int, np.ndarray] = {}  # One device-to-host copy per (stacked) variable.
   for name, entry in _entries(model, prefix):
-    value = np.asarray(jax.device_get(entry.variable[...]))
+    key = id(entry.variable)
+    if key not in host:
+      host[key] = np.asarray(jax.device_get(entry.variable[...]))
+    value = host[key] if entry.index is None else host[key][entry.index]
     value = value.T if entry.transpose else value
     out[name] = np.ascontiguousarray(value.reshape(entry.hf_shape))
   return out
@@ -330,14 +392,22 @@ def from_hf_state_dict(model: Backbone, tensors: Mapping[str, np.ndarray]) -> Lo
     raise ValueError('Shape mismatch between checkpoint and model config for tensors: '
                      + '; '.join(mismatched) + '.')
 
+  stacks: dict[int, tuple[nnx.Variable, list]] = {}  # Scanned stacks: slices per variable.
   for name, entry in expected.items():
     if name not in found:
       report.defaulted.append(name)
       continue
     value = np.asarray(found[name])
     value = value.T if entry.transpose else value
-    value = value.reshape(entry.variable.shape)
-    entry.variable[...] = jnp.asarray(value, dtype=entry.variable.dtype)
+    value = value.reshape(entry.shape)
+    if entry.index is None:
+      entry.variable[...] = jnp.asarray(value, dtype=entry.variable.dtype)
+      continue
+    slices = stacks.setdefault(id(entry.variable), (entry.variable, []))[1]
+    slices.append((entry.index, value))
+  for variable, slices in stacks.values():  # Every layer of a stack is there (none optional).
+    stacked = np.stack([v for _, v in sorted(slices, key=lambda s: s[0])])
+    variable[...] = jnp.asarray(stacked, dtype=variable.dtype)
   return report
 
 
@@ -515,6 +585,7 @@ def load(
     dtype: Dtype = jnp.float32,
     param_dtype: Dtype = jnp.float32,
     remat: str = 'none',
+    scan_layers: bool = False,
     rngs: nnx.Rngs | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Backbone, HFConfig]:
@@ -526,6 +597,7 @@ def load(
     dtype: compute dtype.
     param_dtype: parameter dtype (checkpoint tensors are cast to it).
     remat: per-layer rematerialisation, 'none' | 'full' | 'dots_saveable'.
+    scan_layers: stacked layer parameters run by a scan (see `build`).
     rngs: init and dropout RNGs (default `nnx.Rngs(0)`); the init only matters for tensors
       the checkpoint lacks (see `LoadReport.defaulted`).
     overrides: config attributes to replace before building, e.g. dropout rates
@@ -540,7 +612,8 @@ def load(
     if not hasattr(hf_config, key):
       raise ValueError(f'{type(hf_config).__name__} has no attribute {key!r} to override.')
     setattr(hf_config, key, value)
-  model = build(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=rngs)
+  model = build(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
+                scan_layers=scan_layers, rngs=rngs)
   report = from_hf_state_dict(model, read_tensors(directory))
   if report.ignored:
     logging.info('Loaded the %s backbone from %s; ignored %d task-head tensors: %s',

@@ -205,20 +205,20 @@ class RobertaLayer(nnx.Module):
 
 
 class RobertaEncoder(nnx.Module):
-  """The layer stack, `layer.{i}` as in HF."""
+  """The layer stack, `layer.{i}` as in HF; with `scan_layers` one `RobertaLayer` whose
+  parameters are stacked on a leading layer axis (HF's `layer.{i}` is slice i), run by a scan."""
 
   def __init__(self, config: transformers.RobertaConfig, *, dtype: Dtype, param_dtype: Dtype,
-               remat: str, rngs: nnx.Rngs):
+               remat: str, rngs: nnx.Rngs, scan_layers: bool = False):
     self.remat = attention.check_remat(remat)
-    self.layer = nnx.List([
-        RobertaLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        for _ in range(config.num_hidden_layers)
-    ])
+    self.scan_layers = bool(scan_layers)
+    self.layer = attention.make_layers(
+        lambda r: RobertaLayer(config, dtype=dtype, param_dtype=param_dtype, rngs=r),
+        config.num_hidden_layers, scan=self.scan_layers, rngs=rngs)
 
   def __call__(self, hidden: Array, mask: Array | None, *, deterministic: bool) -> Array:
-    for layer in self.layer:
-      hidden = attention.apply_layer(layer, self.remat, hidden, mask, deterministic=deterministic)
-    return hidden
+    return attention.run_layers(self.layer, self.scan_layers, self.remat, hidden, mask,
+                                deterministic=deterministic)
 
 
 class RobertaPooler(nnx.Module):
@@ -258,6 +258,7 @@ class RobertaModel(nnx.Module):
       dtype: Dtype = jnp.float32,
       param_dtype: Dtype = jnp.float32,
       remat: str = 'none',
+      scan_layers: bool = False,
       rngs: nnx.Rngs,
   ):
     """Builds a randomly initialised model (HF init: N(0, initializer_range), zero biases).
@@ -267,6 +268,8 @@ class RobertaModel(nnx.Module):
       dtype: compute dtype (activations, matmuls). LayerNorm statistics and softmax are float32.
       param_dtype: parameter dtype.
       remat: per-layer rematerialisation, 'none' | 'full' | 'dots_saveable'.
+      scan_layers: stack the layers' parameters on a leading axis and run them with a scan
+        (one compiled layer body whatever the depth); same numerics and HF names.
       rngs: `nnx.Rngs`; `params` (or `default`) initialises, `dropout` (or `default`) seeds the
         dropout streams stored on the module.
     """
@@ -275,7 +278,7 @@ class RobertaModel(nnx.Module):
     self.hidden_size = hf_config.hidden_size
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.embeddings = RobertaEmbeddings(hf_config, **kw)
-    self.encoder = RobertaEncoder(hf_config, remat=remat, **kw)
+    self.encoder = RobertaEncoder(hf_config, remat=remat, scan_layers=scan_layers, **kw)
     self.pooler = RobertaPooler(hf_config, **kw)
 
   def embed_tokens(self, input_ids: Array) -> Array:
