@@ -517,6 +517,7 @@ class CompileReport:
   flops_note: str
   collectives: list[Collective]
   compile_seconds: float  # jit(...).lower(...).compile() wall time on this machine.
+  cost_seconds: float  # Wall time of the extra compiles the FLOPs need (0: none needed).
   roofline: Roofline | None  # None when the device's peak figures are unknown.
   advice: list[str]  # What to change when the step does not fit.
   notes: list[str]  # Assumptions made (shape source, vocabulary).
@@ -772,7 +773,8 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
                'decoder_length': int(config.data.decoder_length),
                'tokens_per_slot': int(config.data.rows * config.data.length),
                'num_tasks': len(run_tasks.names), 'mixture': config.data.mixture},
-      model_flops_per_step=model_flops, compile_seconds=compile_seconds, notes=backbone.notes)
+      model_flops_per_step=model_flops, compile_seconds=compile_seconds,
+      notes=backbone.notes)
 
   if compiled is None:  # Out of memory: XLA's own figures, no executable to analyse.
     memory = MemoryBreakdown(arguments=None, outputs=None, aliases=None,
@@ -782,7 +784,7 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
     return CompileReport(
         **common, per_device_bytes=used, device_memory_bytes=oom.capacity_bytes,
         device_memory_source='the TPU compiler (the HBM it may use)', fits=False,
-        memory_fraction=used / oom.capacity_bytes, memory=memory,
+        memory_fraction=used / oom.capacity_bytes, memory=memory, cost_seconds=0.0,
         flops_per_step=None, bytes_accessed_per_step=None,
         flops_note='not compiled: the step does not fit the device', collectives=[],
         roofline=None, advice=_advice(config, False, memory), error=oom.message)
@@ -796,14 +798,15 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
   device_memory = target.device_memory_bytes
   fits = None if device_memory is None else per_device <= device_memory
 
-  cost = _step_cost(config, backbone, run_tasks.table, target.devices, accum, layers,
-                    compiled)
-  flops, bytes_accessed = cost.flops, cost.bytes_accessed
+  start = time.perf_counter()
+  cost = (_step_cost(config, backbone, run_tasks.table, target.devices, accum, layers, compiled)
+          if config.compile.get('costs', True) else None)
+  cost_seconds = time.perf_counter() - start
 
   roofline = None
-  if target.peak_flops and target.memory_bandwidth and flops:
-    compute_s = flops / target.peak_flops
-    memory_s = bytes_accessed / target.memory_bandwidth
+  if cost is not None and target.peak_flops and target.memory_bandwidth and cost.flops:
+    compute_s = cost.flops / target.peak_flops
+    memory_s = cost.bytes_accessed / target.memory_bandwidth
     step_s = max(compute_s, memory_s)
     roofline = Roofline(
         step_seconds=step_s, compute_seconds=compute_s, memory_seconds=memory_s,
@@ -811,16 +814,22 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
         mfu_bound=model_flops / (step_s * target.peak_flops), peak_flops=target.peak_flops,
         memory_bandwidth=target.memory_bandwidth, source=target.figures_source)
 
-  flops_note = (f'flops_per_step: XLA cost analysis {cost.source}; of the family branches '
-                '(lax.switch) the costliest counts; R3F and rematerialisation included. '
-                'model_flops_per_step: 6 N + 12 x layers x d x T per token of a '
+  model_note = ('model_flops_per_step: 6 N + 12 x layers x d x T per token of a '
                 'classification slot (the bench/ formula), no R3F, no remat.')
+  if cost is None:
+    flops_note = ('flops_per_step: not computed (compile.costs=False). ' + model_note)
+  else:
+    flops_note = (f'flops_per_step: XLA cost analysis {cost.source}; of the family branches '
+                  '(lax.switch) the costliest counts; R3F and rematerialisation included. '
+                  + model_note)
   return CompileReport(
       **common, per_device_bytes=per_device, device_memory_bytes=device_memory,
       device_memory_source=target.memory_source, fits=fits,
       memory_fraction=None if device_memory is None else per_device / device_memory,
-      memory=memory, flops_per_step=flops, bytes_accessed_per_step=bytes_accessed,
+      memory=memory, flops_per_step=None if cost is None else cost.flops,
+      bytes_accessed_per_step=None if cost is None else cost.bytes_accessed,
       flops_note=flops_note,
+      cost_seconds=cost_seconds,
       collectives=hlo_collectives(compiled.as_text()), roofline=roofline,
       advice=_advice(config, fits, memory))
 
@@ -860,15 +869,21 @@ def format_report(report: CompileReport) -> str:
     lines += [
         f'  activations/temps {gib(m.temps)}; arguments {gib(m.arguments)} + outputs '
         f'{gib(m.outputs)} - aliased {gib(m.aliases)}',
-        f'FLOPs per update per device: {report.flops_per_step:.3e} (XLA), '
-        f'{report.model_flops_per_step:.3e} (model formula); bytes accessed '
-        f'{report.bytes_accessed_per_step:.3e}',
+        (f'FLOPs per update per device: {report.flops_per_step:.3e} (XLA), '
+         f'{report.model_flops_per_step:.3e} (model formula); bytes accessed '
+         f'{report.bytes_accessed_per_step:.3e}' if report.flops_per_step is not None else
+         f'FLOPs per update per device: {report.model_flops_per_step:.3e} (model formula); '
+         'XLA\'s not computed (compile.costs=False)'),
         'collectives: ' + (', '.join(f'{c.kind} x{c.count} ({gib(c.bytes)})'
                                      for c in report.collectives) or 'none'),
-        f'compile time: {report.compile_seconds:.1f} s']
+        f'compile time: {report.compile_seconds:.1f} s'
+        + (f' (+ {report.cost_seconds:.1f} s for the FLOPs)' if report.cost_seconds >= 0.05
+           else '')]
   r = report.roofline
   if report.error is not None:
     pass
+  elif r is None and report.flops_per_step is None:
+    lines.append('roofline: needs the FLOPs (compile.costs=True)')
   elif r is None:
     lines.append('roofline: no peak figures for this device (compile.peak_tflops, '
                  'compile.memory_bandwidth_gbps)')

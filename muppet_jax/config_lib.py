@@ -153,6 +153,10 @@ def default() -> ml_collections.ConfigDict:
   c.compile.device_memory_gib = 0.0  # Memory of one device; 0 = the chip's HBM / local device's.
   c.compile.peak_tflops = 0.0  # Peak bf16 TFLOP/s of one device (roofline); 0 = the TPU table.
   c.compile.memory_bandwidth_gbps = 0.0  # Memory GB/s of one device (roofline); 0 = TPU table.
+  # XLA's FLOPs and bytes accessed, and the roofline from them. With scanned layers they need
+  # two more compiles (the step unrolled at 2 and 3 layers, XLA counts a scan body once): most
+  # of the compile time. False: memory, fits and collectives only.
+  c.compile.costs = True
   return c
 
 
@@ -230,6 +234,7 @@ _RULES: tuple[_Rule, ...] = (
     ('compile.device_memory_gib', lambda v: _num(v) and v >= 0, '>= 0 (0 = the chip\'s)'),
     ('compile.peak_tflops', lambda v: _num(v) and v >= 0, '>= 0 (0 = the TPU table)'),
     ('compile.memory_bandwidth_gbps', lambda v: _num(v) and v >= 0, '>= 0 (0 = the TPU table)'),
+    ('compile.costs', lambda v: isinstance(v, bool), 'True or False'),
 )
 # Shape fields: only used (and so only checked) for a random-init model.
 _SHAPE_RULES: tuple[_Rule, ...] = tuple(

@@ -350,3 +350,34 @@ def test_depth_extrapolation_of_the_bench_sweep_is_linear():
   assert e['fits'] and e['memory_fraction'] == 0.54
   assert e['roofline']['bound'] == 'memory' and e['roofline']['step_seconds'] == 270
   assert e['roofline']['mfu_bound'] == pytest.approx(960 / (270 * 10))
+
+
+def test_costs_off_skips_the_flops_compiles_and_keeps_memory(tmp_path, monkeypatch):
+  """compile.costs=False: the same memory and collectives, no FLOPs, no roofline, and one
+  program built instead of three (a scanned step's FLOPs need it unrolled at 2 and 3 layers)."""
+  built = []
+  abstract_step = compile_lib._abstract_step  # pylint: disable=protected-access
+
+  def counting(config, *args, **kwargs):
+    built.append(bool(config.model.scan_layers))
+    return abstract_step(config, *args, **kwargs)
+
+  monkeypatch.setattr(compile_lib, '_abstract_step', counting)
+
+  def config(costs):
+    c = _config()
+    c.model.num_layers, c.model.scan_layers, c.compile.costs = 4, True, costs
+    return c
+
+  report = compile_lib.run(config(False), str(tmp_path))
+  assert built == [True]
+  assert report.flops_per_step is None and report.bytes_accessed_per_step is None
+  assert report.roofline is None and 'compile.costs=False' in report.flops_note
+  built.clear()
+  reference = compile_lib.compile_step(config(True), '/nonexistent-workdir')
+  assert built == [True, False, False]
+  assert reference.flops_per_step > 0 and reference.roofline is not None
+  assert report.per_device_bytes == reference.per_device_bytes
+  assert report.collectives == reference.collectives
+  text = compile_lib.format_report(report)
+  assert 'not computed (compile.costs=False)' in text and 'roofline: needs the FLOPs' in text

@@ -2,13 +2,19 @@ r"""Compiles the paper configs for TPU slices and tabulates the reports (docs/CO
 
   python -m bench.compile_reports [--configs base,large,bart_base,bart_large]
       [--topologies v4-64,v5e-64,v5p-64] [--r3f off,on] [--depths 2,4]
-      [--set model.remat=full --set data.rows=4 ...] [--max-memory-gib 20] [--force]
-      [--table-only]
+      [--slots 64] [--no-costs] [--set model.remat=full --set data.rows=4 ...]
+      [--max-memory-gib 20] [--force] [--table-only]
 
 Run it with an interpreter whose environment has libtpu (`pip install "jax[tpu]==<jax>"`). Each
 compile is one `python -m muppet_jax.main --mode compile` run in its own process, one at a
 time; its report is kept as bench/compile_reports/<config>_r3f-<off|on>_<topology>[_L<layers>]
-[_<overrides>].json (existing ones are kept unless --force, so an interrupted sweep resumes).
+[_<overrides>].json (existing ones are kept unless --force, or unless they lack the FLOPs this
+sweep computes, so an interrupted sweep resumes and a `--no-costs` sweep can be completed
+later).
+`--slots 64` (the default) sets `train.grad_accum` to 64 / devices, so that every slice runs
+the paper's 64 task sub-batches per update (v4-64 and v5p-64 are 32 devices: A = 2); 0 keeps
+the config's grad_accum. `--no-costs` skips XLA's FLOPs (`compile.costs=False`: memory, fits
+and collectives only; the FLOPs' extra compiles are most of the time).
 `--set KEY=VALUE` adds `--config.KEY=VALUE` to every run (e.g. what a report's `advice` says).
 `--max-memory-gib` caps each compile's address space, so that a compile too big for a shared
 machine fails alone instead of waking the kernel's out-of-memory killer.
@@ -59,10 +65,24 @@ def config_layers(config: str) -> int:
   return int(module.get_config().model.num_layers)
 
 
+def num_devices(topology: str) -> int:
+  """JAX devices of an accelerator type: v4-N / v5p-N count TensorCores (2 per device)."""
+  generation, _, count = topology.rpartition('-')
+  return int(count) // 2 if generation in ('v4', 'v5p') else int(count)
+
+
 def compile_one(config: str, r3f: str, topology: str, layers: int | None,
-                overrides: list[str], max_memory_gib: float = 0) -> dict:
+                overrides: list[str], max_memory_gib: float = 0, slots: int = 0,
+                costs: bool = True) -> dict:
   """One `--mode compile` run in a fresh process; its report with the command added."""
   depth = [f'--config.model.num_layers={layers}', "--config.model.init_from=''"] if layers else []
+  if slots:
+    devices = num_devices(topology)
+    if slots % devices:
+      raise RuntimeError(f'--slots {slots} is not a multiple of {topology}\'s {devices} devices')
+    depth.append(f'--config.train.grad_accum={slots // devices}')
+  if not costs:
+    depth.append('--config.compile.costs=False')
   with tempfile.TemporaryDirectory() as workdir:
     cmd = [sys.executable, '-m', 'muppet_jax.main', '--config', f'configs/{config}.py',
            '--workdir', workdir, '--mode', 'compile', f'--config.compile.topology={topology}',
@@ -160,7 +180,8 @@ def table(directory: str = HERE) -> str:
     name = config + suffix.replace('_', ' ').replace('-', '=', 1)
     if 0 in by_depth:
       r = by_depth[0]
-      rows.append(_row(name, r['options']['r3f'], r, f'compiled ({r["compile_seconds"]:.0f} s)'))
+      wall = r.get('wall_seconds', r['compile_seconds'])
+      rows.append(_row(name, r['options']['r3f'], r, f'compiled ({wall / 60:.0f} min)'))
     elif len(by_depth) >= 2:
       (l1, shallow), (l2, deep) = sorted(by_depth.items())[:2]
       estimate = {**deep, **extrapolate(shallow, deep, config_layers(config)), 'advice': []}
@@ -181,6 +202,10 @@ def main(argv=None) -> None:
                  help='config override for every run, e.g. model.remat=full')
   p.add_argument('--max-memory-gib', type=float, default=0,
                  help='address-space cap of each compile (0 = none)')
+  p.add_argument('--slots', type=int, default=64,
+                 help='task sub-batches per update: grad_accum = slots / devices (0: config)')
+  p.add_argument('--no-costs', dest='costs', action='store_false',
+                 help='skip XLA FLOPs and the roofline (compile.costs=False): much faster')
   p.add_argument('--force', action='store_true', help='recompile existing reports')
   p.add_argument('--table-only', action='store_true', help='only print the table')
   args = p.parse_args(argv)
@@ -192,12 +217,16 @@ def main(argv=None) -> None:
           for layers in depths:
             path = report_path(config, r3f, topology, layers, args.set)
             if os.path.exists(path) and not args.force:
-              continue
+              with open(path) as f:
+                existing = json.load(f)
+              # A step that does not fit has no FLOPs to add.
+              if not args.costs or existing['flops_per_step'] is not None or existing['error']:
+                continue
             print(f'compiling {config} R3F {r3f} for {topology}'
                   f'{f" at {layers} layers" if layers else ""} ...', flush=True)
             try:
               report = compile_one(config, r3f, topology, layers, args.set,
-                                   args.max_memory_gib)
+                                   args.max_memory_gib, args.slots, args.costs)
             except RuntimeError as e:
               print(f'  failed: {str(e)[-600:]}', flush=True)
               continue
