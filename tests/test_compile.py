@@ -381,3 +381,32 @@ def test_costs_off_skips_the_flops_compiles_and_keeps_memory(tmp_path, monkeypat
   assert report.collectives == reference.collectives
   text = compile_lib.format_report(report)
   assert 'not computed (compile.costs=False)' in text and 'roofline: needs the FLOPs' in text
+
+
+def test_sweep_table_carries_per_slot_costs_to_a_slice_compiled_without_them(tmp_path):
+  """A report compiled with compile.costs=False takes its roofline from the same config's
+  report on another slice, scaled by slots per device (A), with its own chip's figures."""
+  from bench.compile_reports.__main__ import table  # pylint: disable=import-outside-toplevel
+
+  def report(topology, devices, accum, flops, moved):
+    return {'target': f'TPU {topology} (x, {devices} devices, 1 slice)', 'num_devices': devices,
+            'mesh': {'data': devices, 'model': 1}, 'grad_accum': accum,
+            'options': {'r3f': True}, 'per_device_bytes': 2 * compile_lib.GIB,
+            'device_memory_bytes': 16 * compile_lib.GIB, 'memory_fraction': 0.125, 'fits': True,
+            'advice': [], 'error': None, 'collectives': [], 'compile_seconds': 60.0,
+            'flops_per_step': flops, 'bytes_accessed_per_step': moved,
+            'model_flops_per_step': 1e12 * accum,
+            'roofline': None if flops is None else {
+                'step_seconds': moved / 819e9, 'bound': 'memory',
+                'mfu_bound': 1e12 / (moved / 819e9 * 197e12)}}
+
+  for name, r in (('large_r3f-on_v5e-64.json', report('v5e-64', 64, 1, 3e12, 4e11)),
+                  ('large_r3f-on_v4-64.json', report('v4-64', 32, 2, None, None))):
+    with open(tmp_path / name, 'w') as f:
+      json.dump(r, f)
+  rows = {line.split('|')[3].strip(): line for line in table(str(tmp_path)).splitlines()[2:]}
+  # v4-64, A = 2: 6e12 FLOPs over 275 TFLOP/s = 21.8 ms; 8e11 bytes over 1,200 GB/s = 667 ms.
+  v4 = rows['v4-64 (32 dev., A=2)']
+  assert '667 ms (memory)' in v4 and 'from v5e-64' in v4
+  assert f'| {2e12 / (8e11 / 1200e9 * 275e12):.0%} |' in v4  # MFU bound: model FLOPs x A.
+  assert '488 ms (memory)' in rows['v5e-64 (64 dev.)']  # Its own: 4e11 / 819e9.

@@ -139,6 +139,27 @@ def extrapolate(shallow: dict, deep: dict, layers: int) -> dict:
   return estimate
 
 
+def roofline_from(report: dict, donor: dict, topology: str) -> dict:
+  """The roofline of `report` (compiled with compile.costs=False for `topology`) from the XLA
+  FLOPs and bytes accessed of `donor`, the same config compiled with costs for another slice.
+
+  With data parallelism (mesh.model = 1) a device runs A slots per update whatever the slice,
+  so the donor's figures are scaled by A / A_donor; what differs besides is the ZeRO-1
+  optimizer's share (elementwise over N / D parameters, well under 1% of the FLOPs) and the
+  fusion choices of the other generation's compiler (bytes accessed).
+  """
+  from muppet_jax import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  if report['mesh'].get('model', 1) != 1 or donor['mesh'].get('model', 1) != 1:
+    raise ValueError('per-slot costs carry over between data-parallel meshes only')
+  chip = compile_lib.parse_topology(topology).chip
+  scale = report['grad_accum'] / donor['grad_accum']
+  compute = donor['flops_per_step'] * scale / chip.peak_flops
+  memory = donor['bytes_accessed_per_step'] * scale / chip.hbm_bandwidth
+  step = max(compute, memory)
+  return {'step_seconds': step, 'bound': 'compute' if compute >= memory else 'memory',
+          'mfu_bound': report['model_flops_per_step'] / (step * chip.peak_flops)}
+
+
 def _collectives(collectives: list[dict]) -> str:
   parts = []
   for c in collectives:
@@ -157,7 +178,8 @@ def _row(name: str, r3f: bool, r: dict, how: str) -> str:
   roof = r.get('roofline')
   step = f'{roof["step_seconds"] * 1e3:.0f} ms ({roof["bound"]})' if roof else '-'
   mfu = f'{roof["mfu_bound"]:.0%}' if roof else '-'
-  return (f'| {name} | {"on" if r3f else "off"} | {topology} ({r["num_devices"]} dev.) | '
+  accum = f', A={r["grad_accum"]}' if r.get('grad_accum', 1) > 1 else ''
+  return (f'| {name} | {"on" if r3f else "off"} | {topology} ({r["num_devices"]} dev.{accum}) | '
           f'{memory} | {fits} | {_collectives(r["collectives"])} | {step} | {mfu} | {how} |')
 
 
@@ -180,8 +202,15 @@ def table(directory: str = HERE) -> str:
     name = config + suffix.replace('_', ' ').replace('-', '=', 1)
     if 0 in by_depth:
       r = by_depth[0]
-      wall = r.get('wall_seconds', r['compile_seconds'])
-      rows.append(_row(name, r['options']['r3f'], r, f'compiled ({wall / 60:.0f} min)'))
+      how = f'compiled ({r.get("wall_seconds", r["compile_seconds"]) / 60:.0f} min)'
+      donors = [(t, g[0]) for (c, f, t, x), g in sorted(groups.items())
+                if (c, f, x) == (config, r3f, suffix) and 0 in g
+                and g[0]['flops_per_step'] is not None]
+      if r['flops_per_step'] is None and not r.get('error') and donors:
+        donor_topology, donor = donors[0]
+        r = {**r, 'roofline': roofline_from(r, donor, topology)}
+        how += f'; FLOPs and bytes per slot from {donor_topology}'
+      rows.append(_row(name, r['options']['r3f'], r, how))
     elif len(by_depth) >= 2:
       (l1, shallow), (l2, deep) = sorted(by_depth.items())[:2]
       estimate = {**deep, **extrapolate(shallow, deep, config_layers(config)), 'advice': []}
