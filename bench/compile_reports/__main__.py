@@ -179,8 +179,10 @@ def _row(name: str, r3f: bool, r: dict, how: str) -> str:
   step = f'{roof["step_seconds"] * 1e3:.0f} ms ({roof["bound"]})' if roof else '-'
   mfu = f'{roof["mfu_bound"]:.0%}' if roof else '-'
   accum = f', A={r["grad_accum"]}' if r.get('grad_accum', 1) > 1 else ''
+  # A step that does not fit does not compile: XLA's verdict only, no program to read.
+  collectives = '- (not compiled)' if r.get('error') else _collectives(r['collectives'])
   return (f'| {name} | {"on" if r3f else "off"} | {topology} ({r["num_devices"]} dev.{accum}) | '
-          f'{memory} | {fits} | {_collectives(r["collectives"])} | {step} | {mfu} | {how} |')
+          f'{memory} | {fits} | {collectives} | {step} | {mfu} | {how} |')
 
 
 def table(directory: str = HERE) -> str:
@@ -199,10 +201,12 @@ def table(directory: str = HERE) -> str:
   order = {c: i for i, c in enumerate(CONFIGS)}
   for (config, r3f, topology, suffix), by_depth in sorted(
       groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], kv[0][2], kv[0][3])):
-    name = config + suffix.replace('_', ' ').replace('-', '=', 1)
+    any_report = next(iter(by_depth.values()))
+    name = ' '.join([config, *any_report.get('overrides', [])])  # As given to --set.
     if 0 in by_depth:
       r = by_depth[0]
-      how = f'compiled ({r.get("wall_seconds", r["compile_seconds"]) / 60:.0f} min)'
+      how = ('out of memory: the TPU compiler\'s figure' if r.get('error') else
+             f'compiled ({r.get("wall_seconds", r["compile_seconds"]) / 60:.0f} min)')
       donors = [(t, g[0]) for (c, f, t, x), g in sorted(groups.items())
                 if (c, f, x) == (config, r3f, suffix) and 0 in g
                 and g[0]['flops_per_step'] is not None]
