@@ -2,7 +2,7 @@
 
   python -m bench [--shapes roberta-base,roberta-large,bart-base,bart-large] [--steps N]
                   [--rows R --length L --layers N | --tiny] [--no-torch] [--no-r3f]
-                  [--dtype float32|bfloat16] [--json OUT]
+                  [--dtype float32|bfloat16] [--attention auto|xla|pallas|cudnn] [--json OUT]
   python -m bench --resume [--json OUT]    (input pipeline only: resume, streams, workers)
 
 For each shape: one classification slot per step (a synthetic, fixed-shape batch with every
@@ -127,7 +127,12 @@ def bench_jax(s: dict, args, r3f: bool) -> dict:
   config = demo_config.get_config(s['model_type'])
   config.unlock()
   config.model.dtype = args.dtype
+  config.model.attention = args.attention
   config.model.dropout = config.model.attention_dropout = 0.1
+  if args.attention == 'cudnn':
+    # JAX's cuDNN attention takes its dropout seed as a compile-time constant (one mask for
+    # every step), so model.attention='cudnn' refuses attention dropout.
+    config.model.attention_dropout = 0.0
   config.train.r3f.enabled = r3f
   config.mesh.data = config.mesh.model = 1
   hf_config = _hf_config(s)
@@ -257,6 +262,8 @@ def main(argv=None) -> dict:
   p.add_argument('--length', type=int, default=0, help='override tokens per row')
   p.add_argument('--layers', type=int, default=0, help='override layers (per stack for BART)')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  p.add_argument('--attention', default='auto', choices=('auto', 'xla', 'pallas', 'cudnn'),
+                 help="model.attention: on a GPU, compare 'xla' with 'cudnn'")
   p.add_argument('--matmul', type=int, default=0, help='peak matmul size (default by device)')
   p.add_argument('--no-torch', action='store_true')
   p.add_argument('--no-r3f', action='store_true')
@@ -288,7 +295,7 @@ def main(argv=None) -> dict:
   results = {'device': {'platform': device.platform, 'kind': device.device_kind,
                         'cpu_count': os.cpu_count(), 'machine': platform.machine(),
                         'jax': jax.__version__},
-             'dtype': args.dtype, 'peak': peak, 'shapes': []}
+             'dtype': args.dtype, 'attention': args.attention, 'peak': peak, 'shapes': []}
   for name in names:
     s = _shape(name, args)
     plain = bench_jax(s, args, r3f=False)
@@ -316,7 +323,7 @@ def main(argv=None) -> dict:
 
   d = results['device']
   print(f"device: {d['platform']} ({d['kind']}), {d['cpu_count']} CPUs; dtype {args.dtype}; "
-        f"peak {n}^3 matmul: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
+        f"attention {args.attention}; peak {n}^3 matmul: {peak['flops_per_s'] / 1e9:.1f} GFLOP/s")
   header = (f"{'shape':14s} {'L':>3s} {'tokens':>7s} {'compile s':>9s} {'step ms':>8s} "
             f"{'tok/s':>8s} {'GFLOP/tok':>9s} {'GFLOP/s':>8s} {'MFU':>6s} {'R3F x':>6s} "
             f"{'HF ms':>8s} {'HF tok/s':>8s} {'ours/HF':>7s}")

@@ -21,9 +21,15 @@ def get_config():
   c.model.num_layers = 12
   c.model.num_heads = 12
   c.model.intermediate_size = 3072
+  # bf16 compute with float32 master weights (parameters, gradients, Adam state): the norm on
+  # TPU (the chip's matmul unit is bf16; a float32 matmul is one bf16 pass at default precision
+  # anyway) and what the paper did in fp16. It halves the activations' bytes, which bound the step
+  # (docs/COMPILE.md). --config.model.dtype=float32 for full-precision activations.
+  c.model.dtype = 'bfloat16'
   c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
   c.data.mixture = 'muppet_encoder'  # Every dataset but summarization.
   c.data.rows = 8  # 8 x 512 tokens per device.
   c.data.length = 512
+  c.train.r3f.one_pass = True  # With R3F on: clean and noised inputs as one doubled batch.
   c.optim.learning_rate = 3e-5
   return config_lib.lock(c)

@@ -9,8 +9,16 @@
       --config.model.init_from=/path/to/hf_dir --config.finetune.train_fraction=0.1
 
 The argument is a task name (`muppet_rte`) or a catalogue slug (`rte`); an unknown one fails at
-once, naming the closest task names. The run prints the task's metric on its evaluation split
-at the end (and writes it to metrics.jsonl).
+once, naming the closest task names.
+
+The schedule of real tasks is fairseq's RoBERTa fine-tuning recipe (its GLUE example: 10
+epochs, warmup 6% of the updates, linear decay, Adam betas (0.9, 0.98), eps 1e-6, weight decay
+0.1, dropout 0.1): `finetune.epochs` passes over the train split, the updates per epoch
+measured by packing a sample of it; the dev split is evaluated after every epoch. Demo tasks
+train a fixed 150 updates unless `--config.finetune.epochs` is set. Every run writes its best
+dev score to WORKDIR/best_eval.json (the paper reports the best dev score). For a whole
+hyperparameter grid with seeds, tables and figures see configs/experiments/ and
+`python -m muppet_jax.experiments`.
 """
 
 import difflib
@@ -47,28 +55,39 @@ def get_config(task: str = 'muppet_demo_sentiment'):
   _check_task(task)
   if task.startswith('muppet_demo_'):
     c = demo_config.get_config('bart' if task == 'muppet_demo_summarize' else 'roberta')
-    c.train.steps = 150  # Short: the point is the comparison with and without MUPPET.
+    # A fixed number of updates (the demo's comparison with and without MUPPET); epochs as
+    # fairseq with e.g. --config.finetune.epochs=3 (~57 updates per epoch on demo_sentiment:
+    # 4,000 examples, ~70 packed per sub-batch), as configs/experiments/*demo*.py do.
+    c.finetune.epochs = 0.0
+    c.train.steps = 150  # Only with finetune.epochs=0 (otherwise set from the epochs).
+    c.train.eval_every = 0  # Only with finetune.epochs=0 (otherwise every epoch).
+    c.optim.warmup_steps = 15  # Only with finetune.warmup_fraction=-1.
     c.train.log_every = 10
-    c.train.eval_every = 0
     c.train.checkpoint_every = 50
     c.train.grad_accum = 1  # One task: no heterogeneous accumulation needed.
-    c.optim.learning_rate = 5e-4
-    c.optim.warmup_steps = 15
+    c.optim.learning_rate = 5e-4  # A random-init tiny model wants a larger step than 1e-5.
   else:
     c = config_lib.default()
     c.model.init_from = 'FacebookAI/roberta-large'  # Or an exported MUPPET directory.
-    c.data.rows = 4  # 4 x 512 tokens per device, 4 accumulation steps: ~16 rows per update.
+    # 2 x 512 tokens per slot: ~16 GLUE sentence pairs packed (fairseq: 16-32 sentences per
+    # update). An update has devices x grad_accum slots: fine-tune on a few devices.
+    c.data.rows = 2
     c.data.length = 512
-    c.train.grad_accum = 4
-    c.train.steps = 10_000
-    c.train.eval_every = 1_000
+    c.data.max_examples = 32
+    c.train.grad_accum = 1
+    c.finetune.epochs = 10.0  # fairseq --max-epoch 10.
+    c.finetune.warmup_fraction = 0.06  # fairseq: --warmup-updates = 6% of --total-num-update.
+    c.train.steps = 10_000  # Only with finetune.epochs=0 (otherwise set from the epochs).
+    c.train.eval_every = 1_000  # Only with finetune.epochs=0 (otherwise every epoch).
     c.train.checkpoint_every = 1_000
-    c.optim.learning_rate = 1e-5  # Typical GLUE fine-tuning rate for RoBERTa-large.
-    c.optim.warmup_steps = 600  # ~6% of the updates.
+    c.optim.learning_rate = 1e-5  # fairseq's RoBERTa GLUE rates: 1e-5 .. 3e-5.
+    c.optim.b2 = 0.98
+    c.optim.eps = 1e-6
+    c.optim.weight_decay = 0.1
     c.data.eval_examples = -1  # The whole evaluation split.
   c.unlock()
   c.data.mixture = task  # A single task name works where a mixture name does.
   c.finetune.from_workdir = ''  # Pre-finetuned workdir to start from (set on the command line).
   c.finetune.reuse_head = False  # Re-use the task's pre-finetuning head.
-  c.finetune.train_fraction = 1.0  # Low-resource runs: e.g. 0.1.
+  c.finetune.train_fraction = 1.0  # Low-resource runs: e.g. 0.1 (a seeded random subset).
   return config_lib.lock(c)

@@ -43,18 +43,24 @@ class RunTasks:
 
 
 def run_tasks(config: ml_collections.ConfigDict) -> RunTasks:
-  """The tasks of `data.mixture` (a mixture or one task name), first `data.num_tasks` of them.
+  """The tasks of `data.mixture` (a mixture or one task name), without `data.excluded_tasks`,
+  `data.num_tasks` of them (`tasks.select_tasks`: the required tasks and a seeded random choice).
 
   Raises:
     catalogue.UnknownNameError: the mixture / task name is unknown (close matches named).
+    tasks.TaskSelectionError: the task counts or lists do not fit the mixture.
     errors.ConfigError (a ValueError): summarization tasks in a RoBERTa run.
   """
   if config.data.mixture in seqio.TaskRegistry.names():  # One task (fine-tuning).
     mixture = [(config.data.mixture, 1.0)]
   else:
     mixture = tasks.mixture_tasks(config.data.mixture)
-  if config.data.num_tasks > 0:
-    mixture = mixture[:config.data.num_tasks]  # The paper's number-of-tasks study (5.1).
+  data = config.data  # Fields added since a saved config was written have their defaults.
+  mixture = tasks.select_tasks(  # The paper's number-of-tasks study (5.1).
+      mixture, num_tasks=data.num_tasks,
+      required=tasks.parse_task_list(data.get('required_tasks', '')),
+      excluded=tasks.parse_task_list(data.get('excluded_tasks', '')),
+      seed=data.get('subset_seed', -1))
   names = tuple(name for name, _ in mixture)
   rates = tuple(float(rate) for _, rate in mixture)
   records = [tasks.record_for_task(name) for name in names]
@@ -137,7 +143,9 @@ def build_model(config: ml_collections.ConfigDict, data: DataSetup,
   elif config.model.init_from:
     backbone, hf_config = hf.load(config.model.init_from, dtype=dtype, param_dtype=param_dtype,
                                   remat=config.model.remat,
-                                  scan_layers=config.model.get('scan_layers', False), rngs=rngs,
+                                  scan_layers=config.model.get('scan_layers', False),
+                                  attention_implementation=config.model.get('attention', 'xla'),
+                                  rngs=rngs,
                                   overrides=dropout_overrides(config))
     if hf_config.model_type != config.model.type:
       raise errors.ConfigError(f'model.init_from={config.model.init_from!r} is a '

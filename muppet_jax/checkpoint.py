@@ -29,9 +29,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from muppet_jax import errors
+from muppet_jax import multihost
 
 # Config sections that must match for a checkpoint to be restorable into the current model.
 _MODEL_SHAPE_KEYS = ('type', 'hidden_size', 'num_layers', 'num_heads', 'intermediate_size',
@@ -77,10 +79,12 @@ class Checkpointer:
     save_every: steps between checkpoints (`should_save`).
     async_save: write in a background thread (the trainer calls `poll` every step).
     read_only: only read (export, fine-tuning): nothing is created or deleted.
+    barrier_timeout_s: how long the processes of a multi-process run wait for each other at
+      the barriers of an asynchronous save (`config.distributed.barrier_timeout_s`).
   """
 
   def __init__(self, workdir: str, *, keep: int, save_every: int, async_save: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, barrier_timeout_s: int = 1200):
     self.workdir = os.fspath(workdir)
     self.directory = os.path.join(self.workdir, 'checkpoints')
     self.save_every = max(1, save_every)
@@ -89,7 +93,8 @@ class Checkpointer:
     # use and only skips what these settings already rule out).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, save_interval_steps=max(1, save_every),
-        create=not read_only, enable_async_checkpointing=async_save and not read_only)
+        create=not read_only, enable_async_checkpointing=async_save and not read_only,
+        async_options=ocp.AsyncOptions(timeout_secs=int(barrier_timeout_s)))
     # Handlers named up front, so that a fresh process can read item metadata before restoring.
     try:
       self._manager = ocp.CheckpointManager(
@@ -167,9 +172,15 @@ class Checkpointer:
     earlier = [s for s in self._manager.all_steps() if step is None or s < step]
     kept = (f'checkpoint {max(earlier)} and earlier are intact' if earlier else
             'no earlier checkpoint exists')
+    fix = 'free disk space or fix the permissions'
+    if jax.process_count() > 1 and multihost.looks_like_lost_peer(error):
+      # Not the disk: a collective or barrier of the save failed (the heartbeats name a lost
+      # process first when there is one, `multihost.watch_peers`).
+      fix = ('another process of the run failed or cannot be reached (see its log, '
+             'WORKDIR/logs/train.process<i>.log)')
     return CheckpointSaveError(
-        f'could not save checkpoint {where}: {_cause(error)}; {kept}: free disk space or fix '
-        'the permissions, then re-run the same command to resume')
+        f'could not save checkpoint {where}: {_cause(error)}; {kept}: {fix}, then re-run the '
+        'same command to resume')
 
   def should_save(self, step: int) -> bool:
     """Whether `step` is on the save interval (orbax's own rule also saves the first step)."""
@@ -294,6 +305,42 @@ def _stray_steps(directory: str, listed: list[int]) -> list[int]:
     return []
   return [int(n) for n in names
           if n.isdigit() and int(n) not in listed and os.path.isdir(os.path.join(directory, n))]
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRecord:
+  """The config record saved with one checkpoint."""
+
+  step: int
+  record: dict  # The run's config as JSON, with its task list ('tasks').
+
+
+def read_config_record(workdir: str) -> SavedRecord | None:
+  """The config record of the newest complete checkpoint whose record can be read, without
+  restoring anything: a JSON file read directly (no device, no barrier between processes, no
+  write), for the checks that run before a command may touch the workdir. None: no
+  checkpoint, or none with a readable record."""
+  directory = os.path.join(os.fspath(workdir), 'checkpoints')
+  if not epath.Path(directory).is_dir():
+    return None
+  checkpointer = Checkpointer(workdir, keep=1_000_000, save_every=1, async_save=False,
+                              read_only=True)
+  try:
+    steps = sorted(checkpointer.all_steps(), reverse=True)
+  finally:
+    checkpointer._manager.close()  # pylint: disable=protected-access  (nothing pending)
+  for step in steps:
+    # Orbax's JSON item layout: <step>/<item>/metadata (what `JsonCheckpointHandler` writes).
+    path = epath.Path(directory) / str(step) / 'config' / 'metadata'
+    try:
+      record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      logging.warning('the config record of checkpoint %s/%d cannot be read (%s); trying the '
+                      'previous one', directory, step, e)
+      continue
+    if isinstance(record, dict):
+      return SavedRecord(step=step, record=record)
+  return None
 
 
 def read_checkpoint(workdir: str, step: int | None = None) -> Restored:

@@ -189,12 +189,18 @@ def exit_on_user_error(error: errors.UserError) -> NoReturn:
   library teardown (input-pipeline threads, TensorFlow) can take a minute or print more lines
   after ours. Checkpoints are written atomically, so none is left half-written.
   """
-  absl_logging.error('stopped by bad input: %s', one_line(error), exc_info=error,
-                     extra={FILE_ONLY: True})
+  exit_with_error(one_line(error), USER_ERROR_EXIT_CODE, error)
+
+
+def exit_with_error(message: str, code: int, error: BaseException | None = None) -> NoReturn:
+  """Ends the process at once with `error: <message>` as the last line on stderr, the message
+  (and the traceback of `error`) in the log file, and exit status `code`. Callable from any
+  thread (a process that stops because another one was lost, `multihost`)."""
+  absl_logging.error('stopped: %s', message, exc_info=error, extra={FILE_ONLY: True})
   _flush_logs()
-  sys.stderr.write(f'error: {one_line(error)}\n')
+  sys.stderr.write(f'error: {message}\n')
   sys.stderr.flush()
-  os._exit(USER_ERROR_EXIT_CODE)  # pylint: disable=protected-access
+  os._exit(code)  # pylint: disable=protected-access
 
 
 def _innermost(error: BaseException) -> BaseException:

@@ -51,11 +51,29 @@ def default() -> ml_collections.ConfigDict:
   # and the same Hugging Face export either way; checkpoints of one layout do not restore
   # into the other.
   c.model.scan_layers = False
+  # How attention is computed: 'auto' = the Pallas flash kernel with in-kernel dropout where
+  # the step is compiled for TPU (also by `--mode compile` on a CPU host), XLA elsewhere;
+  # 'xla' = XLA's fused attention, or with attention dropout the explicit float32 softmax;
+  # 'pallas' = the kernel everywhere (Pallas interpret mode off TPU: slow, for tests); 'cudnn'
+  # = cuDNN's fused attention (GPU; no attention dropout: JAX fixes its dropout seed at
+  # compile time). docs/COMPILE.md compares them.
+  c.model.attention = 'auto'
 
   # --- Data --------------------------------------------------------------------------------
   c.data = ml_collections.ConfigDict()
   c.data.mixture = 'muppet_encoder'  # seqio mixture: muppet_all, muppet_encoder, muppet_demo.
-  c.data.num_tasks = -1  # -1: every task of the mixture; k: the first k (paper section 5.1).
+  # -1: every task of the mixture; k: k of its tasks, `data.required_tasks` and a seeded random
+  # choice of the others (paper section 5.1: nested subsets, the same targets in each).
+  c.data.num_tasks = -1
+  # Comma-separated tasks (names or slugs: 'muppet_rte' or 'rte') every subset of
+  # `data.num_tasks` includes (the paper's fine-tuning targets).
+  c.data.required_tasks = ''
+  # Comma-separated tasks removed from the mixture before anything is chosen (held-out
+  # fine-tuning tasks, e.g. 'qnli,cola' for the paper's low-resource study, section 5.3).
+  c.data.excluded_tasks = ''
+  # Seed of the random choice of `data.num_tasks` tasks. With one seed, a larger k holds every
+  # task of a smaller k. -1: the first k of the mixture's order (required tasks first).
+  c.data.subset_seed = 0
   # Tokenizer: '' = the one stored with model.init_from; 'demo' = the offline demo BPE
   # (trained on the demo text and cached in the workdir); otherwise a directory or hub id.
   c.data.tokenizer = ''
@@ -95,6 +113,18 @@ def default() -> ml_collections.ConfigDict:
   c.train.r3f.token_reduction = 'sum'
   # Also divide the KL term by log(n) like the task loss (False: only the task loss is).
   c.train.r3f.scale_by_log_n = False
+  # The clean and the noised inputs through the backbone as one doubled batch (weights read
+  # once, matmuls twice as tall; the same loss and gradients, other dropout draws) instead of
+  # two passes. The paper configs turn it on where their compile reports show it pays.
+  c.train.r3f.one_pass = False
+  # Random-number generator of dropout and R3F noise: 'auto' (the hardware generator 'rbg'
+  # when the step is built for TPU or GPU, 'threefry' on CPU), 'threefry', 'rbg', 'unsafe_rbg'.
+  # Checkpoints resume only with the generator they were written with (muppet_jax/rng.py).
+  c.train.rng_impl = 'auto'
+  # Steps whose execution `jax.profiler` traces into WORKDIR/profile/ for TensorBoard's profile
+  # plugin (XProf): 'first:last' (e.g. '20:25'), '' = none. Compare the device's time per step
+  # with the compile report's roofline estimate.
+  c.train.profile_steps = ''
   # R4F: spectral normalisation of the classification and multiple-choice heads' out_proj.
   c.train.r4f = False
 
@@ -137,22 +167,48 @@ def default() -> ml_collections.ConfigDict:
   # and tokenizer replace this config's. Empty: start from model.init_from / random init.
   c.finetune.from_workdir = ''
   c.finetune.reuse_head = False  # Start the task's head from its pre-finetuning head.
-  c.finetune.train_fraction = 1.0  # Train on the first fraction of the train split.
+  # Train on a random fraction of the train split's records (the paper's low-resource splits,
+  # section 5.3), drawn with `finetune.fraction_seed`: the same subset for every run seed and
+  # starting point, and a smaller fraction's records are part of every larger one's.
+  c.finetune.train_fraction = 1.0
+  c.finetune.fraction_seed = 0  # Which random subset `train_fraction` keeps.
+  # Epoch-based schedule (fairseq's fine-tuning): > 0 sets train.steps to this many passes over
+  # the (fractional) train split, measured by packing a sample of it into sub-batches, and
+  # evaluates on the dev split after every epoch. 0: train.steps updates, train.eval_every.
+  c.finetune.epochs = 0.0
+  # Warmup as a fraction of train.steps (fairseq's RoBERTa GLUE recipe: 0.06); -1: use
+  # optim.warmup_steps.
+  c.finetune.warmup_fraction = -1.0
 
   # --- Mesh ----------------------------------------------------------------------------------
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # Devices on the data axis; -1 = all (divided by mesh.model).
   c.mesh.model = 1  # Devices on the model (tensor-parallel) axis.
 
+  # --- Multi-process runs (`jax.distributed`; docs/ARCHITECTURE.md, Faults) -------------------
+  c.distributed = ml_collections.ConfigDict()
+  # A process whose heartbeats stop for this long (killed, crashed, frozen, its host gone) is
+  # declared lost: every other process stops with one line naming it and the step, instead of
+  # waiting in the next collective. JAX's coordination service is given twice this as its own
+  # deadline, a backstop that ends the processes with a fatal error naming no step.
+  c.distributed.heartbeat_timeout_s = 60
+  # The longest the processes wait for each other at a barrier: joining the run
+  # (jax.distributed.initialize), a checkpoint's asynchronous commit (orbax) and shutdown.
+  c.distributed.barrier_timeout_s = 300
+
   # --- Ahead-of-time compilation (`--mode compile`, docs/COMPILE.md) ------------------------
   c.compile = ml_collections.ConfigDict()
   # Target: '' = this machine's devices; a Cloud TPU accelerator type 'v4-N', 'v5e-N',
-  # 'v5p-N', 'v6e-N' or a JAX topology string such as 'v5e:8x8' (needs libtpu, no TPU).
+  # 'v5p-N', 'v6e-N' or a JAX topology string such as 'v5e:8x8' (needs libtpu, no TPU); or
+  # NVIDIA GPU nodes 'h100x8', 'h200x8', 'a100-80gbx8', '2x8xh100' (nodes x GPUs x GPU; needs
+  # the CUDA plugin, jax[cuda12], no GPU).
   c.compile.topology = ''
   c.compile.num_slices = 1  # TPU slices of that topology joined over the data-center network.
-  c.compile.device_memory_gib = 0.0  # Memory of one device; 0 = the chip's HBM / local device's.
-  c.compile.peak_tflops = 0.0  # Peak bf16 TFLOP/s of one device (roofline); 0 = the TPU table.
-  c.compile.memory_bandwidth_gbps = 0.0  # Memory GB/s of one device (roofline); 0 = TPU table.
+  # Memory of one device; 0 = the chip's HBM (TPU), JAX's allocator share of it (GPU), or the
+  # local device's.
+  c.compile.device_memory_gib = 0.0
+  c.compile.peak_tflops = 0.0  # Peak bf16 TFLOP/s of one device (roofline); 0 = the tables.
+  c.compile.memory_bandwidth_gbps = 0.0  # Memory GB/s of one device (roofline); 0 = the tables.
   # XLA's FLOPs and bytes accessed, and the roofline from them. With scanned layers they need
   # two more compiles (the step unrolled at 2 and 3 layers, XLA counts a scan body once): most
   # of the compile time. False: memory, fits and collectives only.
@@ -182,11 +238,16 @@ _RULES: tuple[_Rule, ...] = (
     ('model.remat', lambda v: v in ('none', 'full', 'dots_saveable'),
      "'none', 'full' or 'dots_saveable'"),
     ('model.scan_layers', lambda v: isinstance(v, bool), 'True or False'),
+    ('model.attention', lambda v: v in ('auto', 'xla', 'pallas', 'cudnn'),
+     "'auto', 'xla', 'pallas' or 'cudnn'"),
     ('model.dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
     ('model.attention_dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
     ('model.head_dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
     ('model.vocab_size', lambda v: _int(v) and v >= 0, '>= 0 (0 = the tokenizer size)'),
     ('data.num_tasks', lambda v: _int(v) and (v == -1 or v >= 1), '-1 (all tasks) or >= 1'),
+    ('data.required_tasks', lambda v: isinstance(v, str), 'comma-separated task names'),
+    ('data.excluded_tasks', lambda v: isinstance(v, str), 'comma-separated task names'),
+    ('data.subset_seed', lambda v: _int(v) and v >= -1, '-1 (the first tasks) or a seed >= 0'),
     ('data.rows', lambda v: _int(v) and v >= 1, '>= 1'),
     ('data.length', lambda v: _int(v) and v >= 8, '>= 8 tokens'),
     ('data.max_examples', lambda v: _int(v) and v >= 1, '>= 1'),
@@ -210,6 +271,13 @@ _RULES: tuple[_Rule, ...] = (
     ('train.r3f.noise', lambda v: v in ('uniform', 'normal'), "'uniform' or 'normal'"),
     ('train.r3f.token_reduction', lambda v: v in ('sum', 'mean'), "'sum' or 'mean'"),
     ('train.r3f.scale_by_log_n', lambda v: isinstance(v, bool), 'True or False'),
+    ('train.r3f.one_pass', lambda v: isinstance(v, bool), 'True or False'),
+    ('train.rng_impl', lambda v: v in ('auto', 'threefry', 'rbg', 'unsafe_rbg'),
+     "'auto', 'threefry', 'rbg' or 'unsafe_rbg'"),
+    ('train.profile_steps', lambda v: isinstance(v, str) and (
+        v == '' or (v.count(':') == 1 and all(p.isdigit() for p in v.split(':'))
+                    and int(v.split(':')[0]) <= int(v.split(':')[1]))),
+     "'' or 'first:last' step numbers, e.g. '20:25'"),
     ('optim.learning_rate', lambda v: _num(v) and v > 0, '> 0'),
     ('optim.warmup_steps', lambda v: _int(v) and v >= 0, '>= 0 steps'),
     ('optim.end_learning_rate', lambda v: _num(v) and v >= 0, '>= 0'),
@@ -228,8 +296,14 @@ _RULES: tuple[_Rule, ...] = (
     ('eval.step', lambda v: _int(v) and v >= -1, '-1 (the newest checkpoint) or a step >= 0'),
     ('eval.write_predictions', lambda v: isinstance(v, bool), 'True or False'),
     ('finetune.train_fraction', lambda v: _num(v) and 0 < v <= 1, 'in (0, 1]'),
+    ('finetune.fraction_seed', lambda v: _int(v) and v >= 0, '>= 0'),
+    ('finetune.epochs', lambda v: _num(v) and v >= 0, '>= 0 (0 = train.steps updates)'),
+    ('finetune.warmup_fraction', lambda v: _num(v) and (v == -1 or 0 <= v < 1),
+     '-1 (optim.warmup_steps) or in [0, 1)'),
     ('mesh.data', lambda v: _int(v) and (v == -1 or v >= 1), '-1 (all devices) or >= 1'),
     ('mesh.model', lambda v: _int(v) and v >= 1, '>= 1'),
+    ('distributed.heartbeat_timeout_s', lambda v: _int(v) and v >= 2, '>= 2 seconds'),
+    ('distributed.barrier_timeout_s', lambda v: _int(v) and v >= 1, '>= 1 second'),
     ('compile.num_slices', lambda v: _int(v) and v >= 1, '>= 1'),
     ('compile.device_memory_gib', lambda v: _num(v) and v >= 0, '>= 0 (0 = the chip\'s)'),
     ('compile.peak_tflops', lambda v: _num(v) and v >= 0, '>= 0 (0 = the TPU table)'),

@@ -53,7 +53,9 @@ _MODE = flags.DEFINE_enum(
     'WORKDIR/compile_report.json; no weights, no data.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
-# Exit status of a run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM).
+# Exit status of a single-process run stopped by SIGTERM after saving its checkpoint
+# (128 + SIGTERM). The processes of a multi-process run all exit 0 after a preemption notice:
+# each saved its part of the checkpoint at the step they agreed on, most were not signalled.
 _PREEMPTED_EXIT_CODE = 143
 
 
@@ -74,11 +76,14 @@ def main(argv):
   try:
     config = _CONFIG.value
     config_lib.validate(config)  # Bad values fail here, in a second, before any import.
-    from muppet_jax import sharding  # pylint: disable=g-import-not-at-top
+    from muppet_jax import multihost  # pylint: disable=g-import-not-at-top
     if _MODE.value != 'compile':  # Ahead of time: no distributed runtime, no devices needed.
-      sharding.initialize_distributed()
+      multihost.initialize(config.distributed)
     import jax  # pylint: disable=g-import-not-at-top
     process = jax.process_index() if _MODE.value != 'compile' else 0
+    if _MODE.value == 'train':  # A workdir of another run is refused before the log file.
+      from muppet_jax import run_record  # pylint: disable=g-import-not-at-top
+      run_record.check_resume(config, _WORKDIR.value)
     log_file = cli.log_path(_WORKDIR.value, _MODE.value, process)
     cli.setup_logging(verbosity, log_file, is_chief=process == 0)
     _header(config_flags.get_config_filename(flags.FLAGS['config']),
@@ -105,6 +110,12 @@ def _dispatch(config, workdir: str, log_file: str, verbosity: int) -> None:
     return
   result = train.run(config, workdir)
   if result.preempted:
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() > 1:
+      logging.warning('stopped by a preemption notice at step %d after every process saved '
+                      'checkpoint %d; re-run the same command on every process to resume',
+                      result.step, result.step)
+      return
     logging.warning('stopped by SIGTERM at step %d after saving a checkpoint; re-run the same '
                     'command to resume', result.step)
     raise SystemExit(_PREEMPTED_EXIT_CODE)

@@ -14,7 +14,8 @@ docs/FIDELITY.md.
   table: one branch runs the backbone once (and R3F's noised pass) and then switches between
   the classification, multiple-choice and span heads the run needs, one runs BART's
   summarization, and one cheap branch returns zeros for any family id the run does not have.
-  Only the slot's own branch runs.
+  Only the slot's own branch runs. When the run has a single branch (every encoder-only run)
+  there is no switch: absent family ids are masked instead.
   Every branch returns the same pytree of shapes; no collective is used inside a branch (the
   step does all of them outside: a collective inside a branch would deadlock devices that took
   different branches).
@@ -67,6 +68,7 @@ import numpy as np
 from flax import nnx
 
 from muppet_jax import losses
+from muppet_jax import r3f as r3f_inputs
 from muppet_jax.data.features import Family, TaskTable
 from muppet_jax.models.muppet import MuppetModel
 
@@ -93,6 +95,15 @@ class ObjectiveSettings:
   # Divide the KL term by log(n) like the task loss (train.r3f.scale_by_log_n; only when
   # loss_scaling is on).
   r3f_scale_by_log_n: bool = False
+  # Run the clean and the noised inputs through the backbone as one doubled batch
+  # (train.r3f.one_pass): the weights are read once per layer and the matmuls are twice as
+  # tall; the same loss and gradients as two passes (different dropout draws).
+  r3f_one_pass: bool = False
+  # Compute dtype of the matmuls when it differs from the parameters' ('bfloat16' with float32
+  # master weights): the matmul kernels are cast to it once per slot, before the layers, so
+  # that every pass (forward, rematerialised forward, backward) reads them at half the bytes.
+  # The same numerics as Linear's own cast ('' = no cast).
+  matmul_dtype: str = ''
   # Vocabulary size of the LM head; summarization logits beyond it (a padded embedding table)
   # are dropped. 0 = all logits.
   vocab_size: int = 0
@@ -122,7 +133,10 @@ class ObjectiveSettings:
                r3f_lambda=float(t.r3f.lambda_), r3f_eps=float(t.r3f.eps),
                r3f_noise=str(t.r3f.noise),
                r3f_token_reduction=str(t.r3f.token_reduction),
-               r3f_scale_by_log_n=bool(t.r3f.scale_by_log_n), vocab_size=int(vocab_size),
+               r3f_scale_by_log_n=bool(t.r3f.scale_by_log_n),
+               r3f_one_pass=bool(t.r3f.get('one_pass', False)), vocab_size=int(vocab_size),
+               matmul_dtype=(config.model.dtype if config.model.dtype != config.model.param_dtype
+                             else ''),
                max_answer_length=int(config.eval.max_answer_length))
 
 
@@ -185,29 +199,6 @@ def split_slot_rng(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
     rng = jax.random.wrap_key_data(rng)
   dropout_key, noise_key = jax.random.split(rng)
   return dropout_key, noise_key
-
-
-def r3f_noise(key: jax.Array, shape: tuple[int, ...], dtype,
-              settings: ObjectiveSettings) -> jax.Array:
-  """R3F's embedding noise: U(-eps, eps) or N(0, eps) (eps the standard deviation), as
-  fairseq's `torch.distributions.Uniform(-eps, eps)` / `Normal(0, eps)`."""
-  eps = settings.r3f_eps
-  if settings.r3f_noise == 'uniform':
-    noise = jax.random.uniform(key, shape, jnp.float32, -eps, eps)
-  else:
-    noise = eps * jax.random.normal(key, shape, jnp.float32)
-  return noise.astype(dtype)
-
-
-def _noised_embeddings(model: MuppetModel, input_ids: jax.Array, key: jax.Array,
-                       settings: ObjectiveSettings, stop_gradient: bool) -> jax.Array:
-  """R3F's noised raw token embeddings `[R, L, H]` (in the lookup's dtype: the backbones look up
-  in the parameter dtype, float32 by default, so that a 1e-5 perturbation survives; in
-  bfloat16 it would mostly round away)."""
-  embeddings = model.embed_tokens(input_ids)
-  if stop_gradient:
-    embeddings = jax.lax.stop_gradient(embeddings)
-  return embeddings + r3f_noise(key, embeddings.shape, embeddings.dtype, settings)
 
 
 @flax.struct.dataclass
@@ -321,23 +312,33 @@ def _summarization(model: MuppetModel, batch: Batch, noise_key: jax.Array,
                    settings: ObjectiveSettings, deterministic: bool, r3f: bool,
                    predict: bool) -> _FamilyResult:
   del predict  # Generation (beam search) is not part of the step.
-  out = model.summarize(batch, None, deterministic)
-  logits = out.logits
+  noised = None
+  if r3f and settings.r3f_one_pass:
+    embeddings = r3f_inputs.clean_and_noised_embeddings(model, batch['input_ids'], noise_key,
+                                                        settings, False)
+    both = model.summarize(r3f_inputs.doubled(batch), embeddings, deterministic)
+    logits, noised = r3f_inputs.halves(both.logits)
+    target_mask = r3f_inputs.halves(both.target_mask)[0]
+  else:
+    out = model.summarize(batch, None, deterministic)
+    logits, target_mask = out.logits, out.target_mask
+    if r3f:
+      noised = model.summarize(
+          batch,
+          r3f_inputs.noised_embeddings(model, batch['input_ids'], noise_key, settings, False),
+          deterministic).logits
   if settings.vocab_size and logits.shape[-1] > settings.vocab_size:
     logits = logits[..., :settings.vocab_size]
   num_examples = batch['example_mask'].shape[0]
   loss = losses.label_smoothed_cross_entropy(logits, batch['decoder_target_ids'],
-                                             out.target_mask, settings.label_smoothing)
+                                             target_mask, settings.label_smoothing)
   sym_kl = jnp.zeros_like(loss)
   if r3f:
-    noised = model.summarize(
-        batch, _noised_embeddings(model, batch['input_ids'], noise_key, settings, False),
-        deterministic).logits
     if settings.vocab_size and noised.shape[-1] > settings.vocab_size:
       noised = noised[..., :settings.vocab_size]
     per_token = losses.symmetric_kl(logits, noised)  # [R, Ld]
     reduce = losses.masked_sum if settings.r3f_token_reduction == 'sum' else losses.masked_mean
-    sym_kl = reduce(per_token, out.target_mask, axis=-1)  # [R]
+    sym_kl = reduce(per_token, target_mask, axis=-1)  # [R]
   zeros = jnp.zeros_like(batch['labels'])
   return _FamilyResult(loss=_pad_rows(loss, num_examples), sym_kl=_pad_rows(sym_kl, num_examples),
                        correct=jnp.zeros_like(batch['loss_n']), label=zeros,
@@ -395,6 +396,8 @@ def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: T
   head_families = [f for f in families if f in _HEAD_FNS]
   dropout_key, noise_key = split_slot_rng(rng)
   graphdef, state = nnx.split(model)
+  if settings.matmul_dtype:
+    state = _cast_matmul_kernels(state, jnp.dtype(settings.matmul_dtype))
 
   def private_copy(state):
     # A fresh copy inside the branch's trace: dropout streams can advance freely here, and
@@ -406,11 +409,17 @@ def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: T
 
   def encoder_families(state, batch):
     m = private_copy(state)
-    clean = m.encode_tokens(batch, None, deterministic)
     noised = None
-    if r3f:
-      embeddings = _noised_embeddings(m, batch['input_ids'], noise_key, settings, True)
-      noised = m.encode_tokens(batch, embeddings, deterministic)
+    if r3f and settings.r3f_one_pass:
+      embeddings = r3f_inputs.clean_and_noised_embeddings(m, batch['input_ids'], noise_key,
+                                                          settings, True)
+      clean, noised = r3f_inputs.halves(
+          m.encode_tokens(r3f_inputs.doubled(batch), embeddings, deterministic))
+    else:
+      clean = m.encode_tokens(batch, None, deterministic)
+      if r3f:
+        embeddings = r3f_inputs.noised_embeddings(m, batch['input_ids'], noise_key, settings, True)
+        noised = m.encode_tokens(batch, embeddings, deterministic)
     encoded = _Encoded(clean=clean, noised=noised)
     head_graphdef, head_state = nnx.split(m)  # Carries the advanced dropout streams.
 
@@ -441,10 +450,35 @@ def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: T
   if Family.SUMMARIZATION in families:
     branch_of_family[int(Family.SUMMARIZATION)] = len(branches)
     branches.append(_uniform_types(summarization, predict))
-  if np.any(branch_of_family < 0):  # Family ids the run does not have: zeros.
-    branch_of_family[branch_of_family < 0] = len(branches)
+  absent_ids = branch_of_family < 0
+  if not np.any(absent_ids):
+    return _switch(branch_of_family, branches, batch, state, batch)
+  if len(branches) > 1:  # Family ids the run does not have: a branch of zeros.
+    branch_of_family[absent_ids] = len(branches)
     branches.append(_uniform_types(absent, predict))
-  return _switch(branch_of_family, branches, batch, state, batch)
+    return _switch(branch_of_family, branches, batch, state, batch)
+  # One family branch (every encoder-only run): no switch at all, so that XLA copies no
+  # parameter into a conditional; a family id the run does not have (impossible for the
+  # batches the pipeline builds) gets zeros by a mask instead of a branch.
+  # Fresh variables (a switch operand would be): the branch reseeds the copy's RNG streams.
+  state = jax.tree.map(lambda x: x, state)
+  result = _uniform_types(branches[0], predict)(state, batch)
+  present = jnp.asarray(~absent_ids)[jnp.clip(batch['family_id'], 0, len(Family) - 1)]
+  return jax.tree.map(lambda x: jnp.where(present, x, jnp.zeros_like(x)), result)
+
+
+def _cast_matmul_kernels(state: nnx.State, dtype) -> nnx.State:
+  """`state` with every matmul kernel (a float32 parameter named `kernel`) cast to `dtype`.
+  Linear layers cast their kernel to the compute dtype anyway; doing it here, once, before a
+  scan over the layers, keeps the float32 weights from being read in every pass."""
+
+  def cast(path, leaf):
+    if (isinstance(leaf, nnx.Param) and path and path[-1] == 'kernel'
+        and leaf.get_value().dtype == jnp.float32):
+      return leaf.replace(leaf.get_value().astype(dtype))
+    return leaf
+
+  return nnx.map_state(cast, state)
 
 
 def _uniform_types(branch, predict: bool):

@@ -15,7 +15,6 @@ dimension, before any array is placed.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import numpy as np
@@ -42,31 +41,6 @@ LOGICAL_RULES: dict[str, str | None] = {
 }
 
 
-def initialize_distributed() -> None:
-  """Joins a multi-process run when launched as one (call before touching devices).
-
-  Explicit settings come from the environment variables the launch/ scripts set:
-  MUPPET_COORDINATOR_ADDRESS (host:port of process 0), MUPPET_NUM_PROCESSES,
-  MUPPET_PROCESS_ID and optionally MUPPET_LOCAL_DEVICE_IDS (comma-separated). Without them,
-  Cloud TPU pods are detected by JAX itself
-  (MUPPET_AUTO_DISTRIBUTED=1 forces `jax.distributed.initialize()` with auto-detection, e.g.
-  under SLURM); a plain single-process run does nothing.
-  """
-  address = os.environ.get('MUPPET_COORDINATOR_ADDRESS')
-  if address:
-    # CPU devices of different processes exchange collectives through gloo (tests, laptops);
-    # the setting does not touch GPU/TPU backends. Nothing may query devices before this.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    local_ids = os.environ.get('MUPPET_LOCAL_DEVICE_IDS')  # e.g. SLURM_LOCALID: one GPU each.
-    jax.distributed.initialize(
-        coordinator_address=address,
-        num_processes=int(os.environ['MUPPET_NUM_PROCESSES']),
-        process_id=int(os.environ['MUPPET_PROCESS_ID']),
-        local_device_ids=[int(i) for i in local_ids.split(',')] if local_ids else None)
-  elif os.environ.get('MUPPET_AUTO_DISTRIBUTED') == '1' or os.environ.get('TPU_WORKER_HOSTNAMES'):
-    jax.distributed.initialize()
-
-
 @dataclasses.dataclass(frozen=True)
 class MeshLayout:
   """The mesh and the facts about it the trainer needs."""
@@ -83,6 +57,16 @@ class MeshLayout:
   @property
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, P())
+
+
+def manual_axes(mesh: Mesh) -> frozenset[str]:
+  """The axes the per-device programs (train, eval and generation steps) are manual over:
+  `data`, and every other axis too when it has a single device (`mesh.model=1`, the paper
+  configs). A Pallas TPU kernel (the flash attention) needs every axis manual; with a real
+  `model` axis, XLA partitions the tensor-parallel matmuls inside the step instead."""
+  if all(size == 1 for name, size in mesh.shape.items() if name != DATA):
+    return frozenset(mesh.axis_names)
+  return frozenset({DATA})
 
 
 def make_mesh(mesh_config, devices=None) -> MeshLayout:

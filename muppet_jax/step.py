@@ -4,8 +4,9 @@ One update has S = A x D slots (A accumulation steps, D devices on the mesh's `d
 s = a * D + d is device d's sub-batch at accumulation step a and holds one task's examples.
 Inside `jax.shard_map` over `data`, every device scans over its A slots: it computes its slot's
 family loss (`objective.slot_loss`, a `lax.switch` on the family, so only that family's
-computation runs) and its gradient, and sums them. Outside the scan, one `pmean` averages the
-gradients over devices. Every slot weighs the same (the paper: "the gradients from each task are
+computation runs) and the gradient of its share of the average (the slot loss / (A x D)),
+and sums them (at A = 1 without a loop). Outside, one `psum` over devices completes the
+average. Every slot weighs the same (the paper: "the gradients from each task are
 averaged"); fairseq instead weighs by sample size.
 
 Two properties of `shard_map` shape the code: replicated parameters are made device-varying
@@ -26,7 +27,9 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from muppet_jax import objective
+from muppet_jax import rng as rng_lib
 from muppet_jax.data.features import TaskTable
+from muppet_jax import sharding
 from muppet_jax.sharding import DATA
 
 
@@ -38,7 +41,7 @@ class TrainState:
   params: nnx.State  # Trainable parameters (nnx.Param).
   rest: nnx.State  # Non-trainable model state: the dropout RNG streams, BART's logits bias.
   opt_state: optax.OptState
-  rng: jax.Array  # Base key; each slot's key is derived from (rng, step, slot).
+  rng: jax.Array  # Base key data (rng.py); each slot's key derives from (rng, step, slot).
 
 
 @flax.struct.dataclass
@@ -67,19 +70,25 @@ def _per_task(task_id: jax.Array, value: jax.Array, num_tasks: int) -> jax.Array
 
 
 def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
-                     settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh):
+                     settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh,
+                     rng_impl: str = 'threefry'):
   """Returns `(params, rest, batch [A, D, ...], rng, step) -> (grads, metric_sums)`.
 
   `grads` is the average over the S = A x D slots of each slot's gradient; `metric_sums` are
-  sums over the slots (per-task arrays of size T).
+  sums over the slots (per-task arrays of size T). `rng` is the base key's data for the
+  generator `rng_impl` (rng.py).
   """
   num_tasks = len(task_table)
   num_devices = mesh.shape[DATA]
 
-  def slot_objective(params, rest, slot_batch, rng):
+  def slot_objective(params, rest, slot_batch, rng, weight):
     model = nnx.merge(graphdef, params, rest)
-    return objective.slot_loss(model, slot_batch, rng, task_table=task_table,
-                               settings=settings, deterministic=False)
+    loss, metrics = objective.slot_loss(model, slot_batch, rng, task_table=task_table,
+                                        settings=settings, deterministic=False)
+    # Differentiate the slot's share of the average (1 / (A x D)): the gradients come out
+    # already scaled, so that the average over slots is one psum, with no pass over every
+    # gradient to divide it (on a TPU that pass reads and writes all the float32 gradients).
+    return loss * weight, (loss, metrics)
 
   grad_fn = jax.value_and_grad(slot_objective, has_aux=True)
 
@@ -89,14 +98,17 @@ def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
     params = jax.tree.map(lambda p: jax.lax.pcast(p, DATA, to='varying'), params)
     rest = jax.tree.map(lambda p: jax.lax.pcast(p, DATA, to='varying'), rest)
     device = jax.lax.axis_index(DATA)
+    rng = rng_lib.wrap(rng, rng_impl)
     local = jax.tree.map(lambda x: x[:, 0], batch)  # [A, ...]
     accum_steps = local['task_id'].shape[0]
+    weight = jnp.float32(1.0 / (accum_steps * num_devices))
 
     def accumulate(carry, inputs):
       grads_sum, metric_sums = carry
       a, slot_batch = inputs
       slot = a * num_devices + device
-      (loss, m), grads = grad_fn(params, rest, slot_batch, slot_rng(rng, step, slot))
+      (_, (loss, m)), grads = grad_fn(params, rest, slot_batch, slot_rng(rng, step, slot),
+                                      weight)
       task = slot_batch['task_id']
       tokens = jnp.sum(slot_batch['segment_ids'] > 0) + jnp.sum(slot_batch['decoder_mask'])
       sums = {
@@ -120,28 +132,37 @@ def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
             'task_correct')}}
     zero_metrics = jax.tree.map(lambda x: jax.lax.pcast(x, DATA, to='varying'), zero_metrics)
     zero_grads = jax.tree.map(jnp.zeros_like, params)
-    (grads_sum, metric_sums), _ = jax.lax.scan(
-        accumulate, (zero_grads, zero_metrics), (jnp.arange(accum_steps), local))
-    # The only collectives of the step: average gradients, add metrics, over all S slots.
-    grads = jax.lax.pmean(jax.tree.map(lambda g: g / accum_steps, grads_sum), DATA)
+    if accum_steps == 1:
+      # No loop at A = 1: XLA:TPU hoists a copy of the forward out of a one-trip loop and
+      # keeps the one inside (loop-invariant code motion), running the forward twice.
+      slot_batch = jax.tree.map(lambda x: x[0], local)
+      (grads_sum, metric_sums), _ = accumulate((zero_grads, zero_metrics),
+                                               (jnp.int32(0), slot_batch))
+    else:
+      (grads_sum, metric_sums), _ = jax.lax.scan(
+          accumulate, (zero_grads, zero_metrics), (jnp.arange(accum_steps), local))
+    # The only collectives of the step: add the (pre-scaled) gradients and the metrics over
+    # all S slots: the gradients' sum is their average.
+    grads = jax.lax.psum(grads_sum, DATA)
     metric_sums = jax.lax.psum(metric_sums, DATA)
     return grads, metric_sums
 
   return jax.shard_map(
       per_device, mesh=mesh, in_specs=(P(), P(), P(None, DATA), P(), P()),
-      out_specs=(P(), P()), axis_names=frozenset({DATA}))
+      out_specs=(P(), P()), axis_names=sharding.manual_axes(mesh))
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, task_table: TaskTable,
-                    settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh
+                    settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh,
+                    rng_impl: str = 'threefry'
                     ) -> Callable[[TrainState, dict[str, jax.Array]],
                                   tuple[TrainState, StepMetrics]]:
   """Returns the pure train step `(state, batch [A, D, ...]) -> (state, metrics)`.
 
   Jit it where it is called, with the state's shardings and `donate_argnums=0`.
   """
-  gradients = make_gradient_fn(graphdef, task_table, settings, mesh)
+  gradients = make_gradient_fn(graphdef, task_table, settings, mesh, rng_impl)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     grads, sums = gradients(state.params, state.rest, batch, state.rng, state.step)
@@ -178,7 +199,7 @@ def make_eval_step(graphdef: nnx.GraphDef, task_table: TaskTable,
 
   def eval_step(params, rest, batch):
     return jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(None, DATA)),
-                         out_specs=P(None, DATA), axis_names=frozenset({DATA}))(
+                         out_specs=P(None, DATA), axis_names=sharding.manual_axes(mesh))(
                              params, rest, batch)
 
   return eval_step

@@ -1,15 +1,20 @@
 """The MUPPET training loop, top to bottom.
 
-  0. Preflight   config values, model.init_from / data.tokenizer paths, a writable workdir, every
-                 task's splits prepared (offline, seconds); bad input is one `errors.UserError`.
+  0. Preflight   config values, model.init_from / data.tokenizer paths, a workdir that holds no
+                 other run (`run_record`, nothing written), a writable workdir, every task's
+                 splits prepared and their shards whole (offline, seconds); bad input is one
+                 `errors.UserError`.
   1. Mesh        devices -> (data, model) mesh; S = grad_accum x data slots per update.
   2. Data        tokenizer, the mixture's tasks and their TaskTable, this host's input pipeline.
   3. State       the model (random init or `model.init_from`), optimizer, train state.
   4. Restore     the newest readable checkpoint in the workdir, if any (params, optimizer, RNG,
-                 input); damaged newer ones are skipped with a warning and set aside.
+                 input); damaged newer ones are skipped with a warning and set aside. Only then
+                 config.json (with its history of changes) and backbone_config.json are written.
   5. Compile     the train step, jitted once with explicit shardings and donated state.
-  6. Train       step, log, checkpoint, evaluate; SIGTERM saves a checkpoint and stops; a failed
-                 save stops the run at the next step (`checkpoint.CheckpointSaveError`).
+  6. Train       step, log, checkpoint, evaluate; SIGTERM saves a checkpoint and stops (every
+                 process at the same step in a multi-process run); a failed save stops the run
+                 at the next step (`checkpoint.CheckpointSaveError`); a lost process stops the
+                 others with one line (`multihost.watch_peers`).
   7. Finish      final checkpoint and evaluation (held-out metrics per task are printed).
 
 `run(config, workdir)` is what `main.py` and notebooks call.
@@ -39,8 +44,11 @@ from muppet_jax import config_lib
 from muppet_jax import errors
 from muppet_jax import finetune
 from muppet_jax import metrics_log
+from muppet_jax import multihost
 from muppet_jax import objective
 from muppet_jax import optim
+from muppet_jax import rng as rng_lib
+from muppet_jax import run_record
 from muppet_jax import sharding
 from muppet_jax import step as step_lib
 from muppet_jax import workdir as workdir_lib
@@ -53,8 +61,8 @@ from muppet_jax.data.features import TaskTable
 from muppet_jax.eval import evaluator as evaluator_lib
 from muppet_jax.models import hf
 
-# The run's resolved config (and task list), written to the workdir at the start of every run.
-CONFIG_FILENAME = 'config.json'
+# The run's resolved config, task list and history of changes (`run_record.write_config`).
+CONFIG_FILENAME = run_record.CONFIG_FILENAME
 
 
 @dataclasses.dataclass
@@ -68,13 +76,22 @@ class RunResult:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps (no work inside the handler)."""
+  """Turns SIGTERM into a flag the loop checks between steps (no work inside the handler).
+
+  Single-process runs only. In a multi-process run JAX's preemption service has the signal
+  (its handler is installed by `jax.distributed.initialize`): a notice on any process reaches
+  all of them, and `Checkpointer.reached_preemption(step)` turns true on every process at the
+  same step, where they all save. A Python handler here would take the signal from it and stop
+  this process alone, out of step with the others.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread (e.g. some notebook runners): no handler.
@@ -111,14 +128,24 @@ def make_pipeline(config, data: build.DataSetup, layout: sharding.MeshLayout
   factory = streams.TrainStreamFactory(
       data.task_names, seed=config.seed,
       data_dir=prepare.resolve_data_dir(config.data.tfds_data_dir),
-      fraction=config.finetune.train_fraction)
+      fraction=config.finetune.train_fraction,
+      fraction_seed=config.finetune.get('fraction_seed', 0))
   return pipeline_lib.InputPipeline(
       data.task_names, data.task_table, builder, sampler, stream_factory=factory,
       slots=local_slots, num_slots=accum * devices, num_workers=config.data.num_workers)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
-  """Trains (or resumes) the run described by `config` in `workdir`."""
+  """Trains (or resumes) the run described by `config` in `workdir`.
+
+  In a multi-process run every process heartbeats (`multihost.watch_peers`): when one is lost,
+  the others stop with one line naming it and the step instead of waiting in a collective.
+  """
+  with multihost.watch_peers(config.get('distributed')):
+    return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   workdir = os.fspath(workdir)
 
   # ----- 0. Preflight -------------------------------------------------------------------------
@@ -136,7 +163,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   if config.finetune.from_workdir:
     tasks_config = config.copy_and_resolve_references()
     tasks_config.model.type = 'bart'
-  prepare.preflight(build.run_tasks(tasks_config).names, config.data.tfds_data_dir)
+  task_names = build.run_tasks(tasks_config).names
+  # A workdir that holds another run (another model, mixture, layout) is refused before
+  # anything is written to it (`run_record`: one line naming every difference).
+  run_record.check_resume(config, workdir, task_names)
+  prepare.preflight(task_names, config.data.tfds_data_dir)
   _make_workdir(workdir)
 
   # ----- 1. Mesh ------------------------------------------------------------------------------
@@ -153,6 +184,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
     pre_finetuned = finetune.load(config.finetune.from_workdir)
     config = finetune.adopt(config, pre_finetuned)
   data = build.setup_data(config, workdir)
+  # Fine-tuning's epochs / warmup fraction -> train.steps, warmup, an evaluation every epoch.
+  config = finetune.apply_schedule(config, data, accum * layout.data_size)
   pipeline = make_pipeline(config, data, layout)
   logging.info('%d tasks (share of the slots): %s', len(data.task_names), ', '.join(
       f'{n} {100 * r / sum(data.rates):.1f}%' for n, r in zip(data.task_names, data.rates)))
@@ -160,33 +193,39 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   # ----- 3. State -----------------------------------------------------------------------------
   model, hf_config = build.build_model(
       config, data, hf_config=pre_finetuned.hf_config if pre_finetuned else None)
-  if jax.process_index() == 0:  # Export and fine-tuning rebuild the exact backbone from it.
-    workdir_lib.save_backbone_config(workdir, hf_config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   if pre_finetuned is not None:
     params = finetune.transfer(params, pre_finetuned, data.task_table,
                                reuse_head=config.finetune.reuse_head)
   program = step_program(config, graphdef, data.task_table, data.vocab.vocab_size)
   settings = program.settings
-  state = initial_state(config, params, rest, program.tx)
+  state = initial_state(config, params, rest, program.tx, program.rng_impl)
   state_sharding = state_shardings(layout, state, program.tx, bool(config.optim.shard_moments))
   state = sharding.put_global(state, state_sharding)
 
   # ----- 4. Restore ---------------------------------------------------------------------------
   checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=config.train.keep_checkpoints, save_every=config.train.checkpoint_every)
+      workdir, keep=config.train.keep_checkpoints, save_every=config.train.checkpoint_every,
+      barrier_timeout_s=config.get('distributed', {}).get('barrier_timeout_s', 1200))
   config_record = _config_record(config, data)
-  if jax.process_index() == 0:  # The resolved config, readable without opening a checkpoint.
-    with open(os.path.join(workdir, CONFIG_FILENAME), 'w') as f:
-      json.dump(config_record, f, indent=2)
   if checkpointer.latest_step() is not None:  # The newest readable one (damaged ones skipped).
     abstract = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_sharding)
     restored = checkpointer.restore(abstract, config_record)
     state = restored.state
-    pipeline.restore(restored.data_state)
+    try:
+      pipeline.restore(restored.data_state)
+    except pipeline_lib.InputStateError as e:
+      raise checkpoint_lib.IncompatibleCheckpointError(
+          f'checkpoint {checkpointer.directory}/{restored.step}: {e}') from e
     logging.info('resumed from %s at step %d', checkpointer.directory, restored.step)
   start_step = int(state.step)
+  # Only now, with the checkpoint restored, the workdir's records describe this command: the
+  # resolved config (and the history of what changed on resume), the exact backbone (export
+  # and fine-tuning rebuild the model from it).
+  if jax.process_index() == 0:
+    run_record.write_config(workdir, config_record, start_step)
+    workdir_lib.save_backbone_config(workdir, hf_config)
   if start_step < config.train.steps:
     logging.info('training steps %d-%d (the first one compiles the train step)',
                  start_step + 1, config.train.steps)
@@ -206,13 +245,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   window = _Window(len(data.task_names))
   preempted = False
   step = start_step
+  profiler = Profiler(config.train.get('profile_steps', ''), workdir)
   # The pipeline's thread or worker processes stop when the loop ends, also on an error.
-  with _Preemption() as preemption, pipeline:
+  with _Preemption() as preemption, pipeline, profiler:
     while step < config.train.steps:
       local = pipeline.next_batch(step)
       batch = sharding.global_batch(layout, _as_slots(local, accum))
+      profiler.before(step + 1)
       state, metrics = train_step(state, batch)
       step += 1
+      profiler.after(step, metrics.loss)
+      multihost.set_step(step)  # What a lost-process line names (multi-process runs).
       if block_every_step:
         jax.block_until_ready(metrics.loss)
       window.add(metrics)
@@ -248,10 +291,50 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
       eval_metrics = eval_runner.run(state.params, state.rest)
       logger.write(step, {'eval': eval_metrics})
     evaluator_lib.print_summary(eval_metrics, step)
+    if jax.process_index() == 0:  # The best dev score of the run (what the paper reports).
+      finetune.record_best(workdir)
   checkpointer.close()
   logger.close()
   return RunResult(step=step, preempted=preempted, losses=losses,
                    eval_metrics=eval_metrics)
+
+
+class Profiler:
+  """`train.profile_steps='first:last'`: a `jax.profiler` trace of those steps (device and
+  host activity) in WORKDIR/profile/, for TensorBoard's profile plugin (XProf):
+  `tensorboard --logdir WORKDIR/profile`. Each process traces its own host."""
+
+  def __init__(self, steps: str, workdir: str):
+    self.first = self.last = None
+    if steps:
+      self.first, self.last = (int(s) for s in steps.split(':'))
+    self.directory = os.path.join(workdir, 'profile')
+    self.active = False
+
+  def before(self, step: int) -> None:
+    """Called before update `step` (1-based) is dispatched."""
+    if self.first is not None and step == self.first and not self.active:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, result: jax.Array) -> None:
+    """Called after update `step` was dispatched; `result` is one of its outputs."""
+    if self.active and step >= self.last:
+      jax.block_until_ready(result)  # The trace must hold the last step's device work.
+      self._stop()
+      logging.info('profile of steps %d-%d written to %s (tensorboard --logdir %s)',
+                   self.first, self.last, self.directory, self.directory)
+
+  def _stop(self) -> None:
+    jax.profiler.stop_trace()
+    self.active = False
+
+  def __enter__(self) -> 'Profiler':
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.active:  # The loop ended inside the window (preemption, error, last step).
+      self._stop()
 
 
 def _evaluated_before(workdir: str, step: int, start_step: int) -> dict | None:
@@ -297,7 +380,7 @@ def _global_pipeline_state(pipeline: pipeline_lib.InputPipeline) -> dict:
   return pipeline_lib.merge_states(states)
 
 
-# --- Stages 3 (State) and 5 (Compile), shared with `--mode compile` (muppet_jax/compile.py) ---
+# --- Stages 3 (State) and 5 (Compile), shared with `--mode compile` (muppet_jax/compile/) ---
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,28 +392,34 @@ class StepProgram:
   schedule: optax.Schedule  # Learning rate per update (logged with the metrics).
   settings: objective.ObjectiveSettings  # Loss scaling, R3F, label smoothing.
   task_table: TaskTable  # The run's tasks: heads, families, class counts.
+  rng_impl: str = 'threefry'  # The resolved `train.rng_impl` (rng.py).
 
 
 def step_program(config: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
-                 task_table: TaskTable, vocab_size: int) -> StepProgram:
+                 task_table: TaskTable, vocab_size: int,
+                 platform: str | None = None) -> StepProgram:
   """The optimizer, schedule and objective of `config` around the model graph `graphdef`.
 
-  `vocab_size` is the tokenizer's (summarization logits beyond it are dropped).
+  `vocab_size` is the tokenizer's (summarization logits beyond it are dropped). `platform`
+  ('cpu', 'tpu', 'gpu'; default: this process's backend) resolves `train.rng_impl='auto'`.
   """
   return StepProgram(
       graphdef=graphdef, tx=optim.build(config.optim, config.train.steps),
       schedule=optim.learning_rate_schedule(config.optim, config.train.steps),
       settings=objective.ObjectiveSettings.from_config(config, vocab_size),
-      task_table=task_table)
+      task_table=task_table,
+      rng_impl=rng_lib.resolve(config.train.get('rng_impl', 'threefry'),
+                               platform or jax.default_backend()))
 
 
 def initial_state(config: ml_collections.ConfigDict, params: nnx.State, rest: nnx.State,
-                  tx: optax.GradientTransformation) -> step_lib.TrainState:
+                  tx: optax.GradientTransformation,
+                  rng_impl: str = 'threefry') -> step_lib.TrainState:
   """The state before the first update. Under `jax.eval_shape` (with abstract `params` and
   `rest`) it is the abstract state that ahead-of-time compilation lowers with."""
   return step_lib.TrainState(
       step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
-      rng=jax.random.key_data(jax.random.key(config.seed + 2)))
+      rng=rng_lib.base_key_data(config.seed + 2, rng_impl))
 
 
 def state_shardings(layout: sharding.MeshLayout, state: step_lib.TrainState, tx,
@@ -357,7 +446,8 @@ def jit_train_step(program: StepProgram, layout: sharding.MeshLayout,
   shardings (state as `state_sharding`, batch over `data`, metrics replicated) and the state
   donated, so that its buffers are reused for the new state (no second copy in memory)."""
   step = step_lib.make_train_step(program.graphdef, program.tx, program.schedule,
-                                  program.task_table, program.settings, layout.mesh)
+                                  program.task_table, program.settings, layout.mesh,
+                                  rng_impl=program.rng_impl)
   return jax.jit(step, in_shardings=(state_sharding, layout.batch_sharding),
                  out_shardings=(state_sharding, layout.replicated), donate_argnums=0)
 

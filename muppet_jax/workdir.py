@@ -107,8 +107,52 @@ def load_backbone_config(workdir: str) -> transformers.PretrainedConfig | None:
   path = os.path.join(os.fspath(workdir), BACKBONE_CONFIG)
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return transformers.AutoConfig.for_model(**json.load(f))
+  try:
+    with open(path) as f:
+      return transformers.AutoConfig.for_model(**json.load(f))
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise WorkdirError(f'{path} cannot be read ({type(e).__name__}: {e}); delete it: it is '
+                       "rebuilt from the checkpoint's own config record") from e
+
+
+def _backbone_differences(hf_config: transformers.PretrainedConfig,
+                          config: ml_collections.ConfigDict) -> list[str]:
+  """Where a saved backbone config contradicts the run's config record."""
+  diffs = []
+  if hf_config.model_type != config.model.type:
+    diffs.append(f'model type {hf_config.model_type!r} vs {config.model.type!r}')
+  elif not config.model.init_from:  # Random init: the shape comes from the record.
+    # `transformers` maps these names onto BART's own (d_model, encoder_layers, ...).
+    for name, key in (('hidden_size', 'hidden_size'), ('num_hidden_layers', 'num_layers'),
+                      ('num_attention_heads', 'num_heads')):
+      value = getattr(hf_config, name, None)
+      if value is not None and value != config.model[key]:
+        diffs.append(f'{name} {value} vs model.{key} {config.model[key]}')
+  return diffs
+
+
+def checked_backbone_config(workdir: str, config: ml_collections.ConfigDict,
+                            step: int) -> transformers.PretrainedConfig | None:
+  """`load_backbone_config`, checked against the config record of checkpoint `step`.
+
+  Raises:
+    WorkdirError: backbone_config.json describes another model than the checkpoint's record
+      (it was overwritten by another command, e.g. by a version of train.py that wrote it
+      before refusing to resume): one line naming the differences and the fix.
+  """
+  saved = load_backbone_config(workdir)
+  if saved is None:
+    return None
+  diffs = _backbone_differences(saved, config)
+  if diffs:
+    path = os.path.join(os.fspath(workdir), BACKBONE_CONFIG)
+    raise WorkdirError(
+        f'{path} does not describe the model of checkpoint {checkpoint_dir(workdir)}/{step} '
+        f'({"; ".join(diffs)}, backbone_config.json vs the checkpoint\'s config record): it '
+        'was overwritten by another command: put back a copy of the original (export and '
+        "--mode eval can also do without it: delete it and they rebuild it from the "
+        "checkpoint's own config record)")
+  return saved
 
 
 def _fill_defaults(target: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
@@ -134,6 +178,7 @@ class RunRecord:
 def config_from_record(record: dict) -> RunRecord:
   """The run's config and task list from a saved config record (checkpoint or config.json)."""
   record = dict(record)
+  record.pop('history', None)  # config.json's record of changes on resume (`run_record`).
   task_names = [str(t) for t in record.pop('tasks')]
   config = ml_collections.ConfigDict(record)
   _fill_defaults(config, config_lib.default())
@@ -220,10 +265,11 @@ def data_setup(config: ml_collections.ConfigDict, workdir: str,
 
 
 def hf_config_for(config: ml_collections.ConfigDict, data: build.DataSetup,
-                  workdir: str | None = None) -> hf.HFConfig:
-  """The backbone's `transformers` config: the one saved in `workdir`, else as
-  `build.build_model` derives it from the config (`model.init_from`'s, or random init's)."""
-  saved = load_backbone_config(workdir) if workdir else None
+                  workdir: str | None = None, step: int | None = None) -> hf.HFConfig:
+  """The backbone's `transformers` config: the one saved in `workdir` (checked against the
+  config record of checkpoint `step`), else as `build.build_model` derives it from the config
+  (`model.init_from`'s, or random init's)."""
+  saved = checked_backbone_config(workdir, config, step) if workdir else None
   if saved is not None:
     return saved
   if config.model.init_from:
@@ -313,7 +359,7 @@ def rebuild(workdir: str, saved: SavedRun) -> RestoredRun:
   workdir = os.fspath(workdir)
   config = saved.config
   data = data_setup(config, workdir, saved.task_names)
-  hf_config = hf_config_for(config, data, workdir)
+  hf_config = hf_config_for(config, data, workdir, saved.step)
   if data.vocab.vocab_size > hf_config.vocab_size:
     raise WorkdirError(f'the tokenizer {data.vocab.path} has {data.vocab.vocab_size} tokens but '
                        f'the model\'s vocabulary has {hf_config.vocab_size}: it is not the '

@@ -117,6 +117,17 @@ def test_read_checkpoint_falls_back_without_moving_anything(tmp_path):
   assert not (tmp_path / 'elsewhere').exists()
 
 
+def test_config_record_is_read_without_restoring_and_falls_back(tmp_path):
+  """What the resume check reads before a command may touch a workdir."""
+  assert checkpoint_lib.read_config_record(str(tmp_path)) is None
+  _write(tmp_path, [1, 2])
+  before = sorted(os.listdir(tmp_path / 'checkpoints'))
+  assert checkpoint_lib.read_config_record(str(tmp_path)) == checkpoint_lib.SavedRecord(2, CONFIG)
+  _damage(str(tmp_path / 'checkpoints' / '2'), 'garbage_config')
+  assert checkpoint_lib.read_config_record(str(tmp_path)).step == 1
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == before  # Nothing moved or written.
+
+
 def _fail_writes(monkeypatch, error: OSError, from_step: int) -> None:
   """Every checkpoint of step >= `from_step` fails in orbax's background thread, when its
   temporary directory is renamed into place (as a full disk or a read-only directory would)."""

@@ -20,6 +20,7 @@ from flax import nnx
 from configs import demo as demo_config
 from muppet_jax import build
 from muppet_jax import compile as compile_lib
+from muppet_jax.compile import program
 from muppet_jax import errors
 from muppet_jax.models import muppet
 
@@ -36,6 +37,7 @@ def _config(num_tasks=2, accum=1, data=2, shard_moments=False, topology=''):
   c.data.tokenizer = ''  # No tokenizer: the vocabulary is model.vocab_size.
   c.data.rows, c.data.length, c.data.max_examples, c.data.max_choices = ROWS, LENGTH, 4, 2
   c.data.num_tasks = num_tasks
+  c.data.subset_seed = -1  # The mixture's first tasks, not a random subset.
   c.train.grad_accum = accum
   c.mesh.data = data
   c.optim.shard_moments = shard_moments
@@ -356,13 +358,13 @@ def test_costs_off_skips_the_flops_compiles_and_keeps_memory(tmp_path, monkeypat
   """compile.costs=False: the same memory and collectives, no FLOPs, no roofline, and one
   program built instead of three (a scanned step's FLOPs need it unrolled at 2 and 3 layers)."""
   built = []
-  abstract_step = compile_lib._abstract_step  # pylint: disable=protected-access
+  abstract_step = program.abstract_step
 
   def counting(config, *args, **kwargs):
     built.append(bool(config.model.scan_layers))
     return abstract_step(config, *args, **kwargs)
 
-  monkeypatch.setattr(compile_lib, '_abstract_step', counting)
+  monkeypatch.setattr(program, 'abstract_step', counting)
 
   def config(costs):
     c = _config()
@@ -410,3 +412,46 @@ def test_sweep_table_carries_per_slot_costs_to_a_slice_compiled_without_them(tmp
   assert '667 ms (memory)' in v4 and 'from v5e-64' in v4
   assert f'| {2e12 / (8e11 / 1200e9 * 275e12):.0%} |' in v4  # MFU bound: model FLOPs x A.
   assert '488 ms (memory)' in rows['v5e-64 (64 dev.)']  # Its own: 4e11 / 819e9.
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not compile_lib.libtpu_available(),
+                    reason='needs libtpu: pip install "jax[tpu]" (see docs/COMPILE.md)')
+def test_tpu_flash_attention_kernel_compiles_with_the_hardware_generator():
+  """The Pallas kernel with attention dropout from the TPU's hardware generator (which interpret
+  mode cannot run) compiles for a v5e chip, forward and backward; the program's FLOPs and bytes
+  are the kernels' declared cost estimates (XLA takes a custom call's cost from them), and the
+  attribution puts them in 'attention core'."""
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  from muppet_jax.compile import attribution  # pylint: disable=import-outside-toplevel
+  from muppet_jax.models.kernels import flash_attention as fa  # pylint: disable=import-outside-toplevel
+  device = topologies.get_topology_desc(topology_name='v5e:1x1', platform='tpu',
+                                        chips_per_host_bounds=(1, 1, 1)).devices[0]
+  b, n, h, t = 2, 4, 64, 256
+  sharding = jax.sharding.SingleDeviceSharding(device)
+  qkv = jax.ShapeDtypeStruct((b, n, h, t), jax.numpy.bfloat16, sharding=sharding)
+  seg = jax.ShapeDtypeStruct((b, t), jax.numpy.int32, sharding=sharding)
+  seed = jax.ShapeDtypeStruct((2,), jax.numpy.int32, sharding=sharding)
+
+  def loss(q, k, v, segment_ids, seed):
+    out = fa.flash_attention(q, k, v, segment_ids, segment_ids, dropout_rate=0.1, seed=seed,
+                             generator='hardware', interpret=False)
+    return out.astype(jax.numpy.float32).sum()
+
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(
+      qkv, qkv, qkv, seg, seed).compile()
+  text = compiled.as_text()
+  assert text.count('custom_call_target="tpu_custom_call"') == 3  # Forward, dq, dk/dv.
+  assert 'flash_attention_fwd' in text and 'flash_attention_dq' in text
+  cost = compiled.cost_analysis()
+  result = attribution.attribute(text, xla_flops=cost['flops'],
+                                 xla_bytes_accessed=cost['bytes accessed'])
+  core = {g.name: g for g in result.groups}['attention core']
+  # Every (query block, key block) tile, by hand: 2 + 3 + 4 matmuls of 2 x T x S x H FLOPs
+  # (forward; dq; dk and dv) and the kernels' documented element-wise counts per tile element
+  # (forward 6 + 2 for dropout, dq and dk/dv 8 + 3 each); plus the little element-wise work XLA
+  # does around the kernels (the backward's row sums of dO x O: 2 x B x N x T x H).
+  kernels = b * n * t * t * (18 * h + 30)
+  assert kernels <= core.flops <= kernels + 2 * b * n * t * h
+  assert abs(result.bytes / result.xla_bytes_accessed - 1) <= 0.01
+  assert abs(result.flops / result.xla_flops - 1) <= 0.01

@@ -4,7 +4,7 @@ TFDS data cannot be downloaded here, so seqio's tf.data view of the registry is 
 `tfds.testing.mock_data`: random examples in each builder's real feature structure. Random
 values make most MRC and several multiple-choice records unmappable, so these tests check the
 plumbing (every task iterates through seqio, whatever comes out is well-formed family format);
-the mappers' semantics are tested on hand-written records in test_preprocessors.py, the grain
+the mappers' semantics are tested on hand-written records in test_mappers.py, the grain
 streams that training and evaluation read in test_streams.py.
 """
 
@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from muppet_jax.data import catalogue
 from muppet_jax.data import demo
 from muppet_jax.data import hf_builders
-from muppet_jax.data import preprocessors
+from muppet_jax.data import mappers
 from muppet_jax.data import streams
 from muppet_jax.data import tasks
 from muppet_jax.data.features import Family
@@ -59,8 +59,8 @@ def _assert_family_example(example: dict[str, Any], record: catalogue.DatasetRec
   """Exactly the family's keys, python types, labels and spans in range."""
   expected = set(tasks.example_signature(record))
   assert set(example) == expected, (record.slug, example)
-  if preprocessors.GROUP_FIELD in expected:
-    assert isinstance(example[preprocessors.GROUP_FIELD], str) and example[preprocessors.GROUP_FIELD]
+  if mappers.GROUP_FIELD in expected:
+    assert isinstance(example[mappers.GROUP_FIELD], str) and example[mappers.GROUP_FIELD]
   if record.family == Family.CLASSIFICATION:
     assert isinstance(example['text_a'], str) and isinstance(example['text_b'], str)
     assert isinstance(example['label'], int) and 0 <= example['label'] < record.num_classes

@@ -83,3 +83,23 @@ def test_deterministic_rate_zero_rate_one_and_broadcast_dims():
   assert np.all(dropped == dropped[:, :1, :])  # One mask shared along the broadcast axis.
   with pytest.raises(ValueError, match='rngs'):
     dropout_lib.Dropout(0.4)(x, deterministic=False)
+
+
+def test_hardware_generator_masks():
+  """With an 'rbg' key (the accelerators' generator, train.rng_impl) the mask is one 16-bit
+  word per position straight from the generator: the same quantized rate, a keep rate within
+  5 standard deviations, the same mask for the same key, another for another key, and not
+  the threefry mask of the same seed."""
+  shape = (64, 1024)
+  key = jax.random.key(5, impl='rbg')
+  keep = np.asarray(dropout_lib.keep_mask(key, 0.1, shape))
+  p = 1 - dropout_lib.quantized_rate(0.1)
+  assert abs(keep.mean() - p) < 5 * np.sqrt(p * (1 - p) / keep.size)
+  np.testing.assert_array_equal(keep, np.asarray(dropout_lib.keep_mask(key, 0.1, shape)))
+  other = np.asarray(dropout_lib.keep_mask(jax.random.key(6, impl='rbg'), 0.1, shape))
+  assert abs((keep == other).mean() - (p * p + (1 - p) ** 2)) < 0.01
+  threefry = np.asarray(dropout_lib.keep_mask(jax.random.key(5), 0.1, shape))
+  assert not np.array_equal(keep, threefry)
+  # The words are the generator's 16-bit draws, compared with the quantized threshold.
+  words = np.asarray(jax.random.bits(key, shape, jnp.uint16))
+  np.testing.assert_array_equal(keep, words >= round(0.1 * 2 ** 16))

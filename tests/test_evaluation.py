@@ -24,8 +24,10 @@ from muppet_jax import build
 from muppet_jax import config_lib
 from muppet_jax import objective
 from muppet_jax import sharding
-from muppet_jax.data import batching, demo, preprocessors, tasks
+from muppet_jax.data import batching, demo, mappers, tasks
 from muppet_jax.data.features import BatchShape, Family, TaskTable
+from muppet_jax.data.mappers import evaluation as eval_mappers
+from muppet_jax.data.mappers import span as span_mappers
 from muppet_jax.data.vocab import HFVocabulary
 from muppet_jax.eval import evaluator as evaluator_lib
 from muppet_jax.models import muppet
@@ -349,7 +351,7 @@ def test_drop_is_scored_against_its_structured_golds(vocab):
       {'passage': passage, 'question': 'When?', 'query_id': 'c',
        'answer': '-May-3', 'validated_answers': ['1995']},
   ]
-  examples = [preprocessors.map_drop_eval(raw)[0] for raw in raws]
+  examples = [eval_mappers.map_drop_eval(raw)[0] for raw in raws]
   record = tasks.record_for_task(name)
   examples = [tasks.check_family_example(e, record, evaluation=True) for e in examples]
   assert json.loads(examples[0]['answer_spans']) == [['Bears', 'Smith']]
@@ -388,28 +390,28 @@ def test_evaluation_mappers_keep_every_question():
   context = 'Paris is the capital of France.'
   squad = {'context': context, 'question': 'What is the capital?',
            'answers': {'text': ['Lyon', 'lyon'], 'answer_start': [3, 3]}}
-  with pytest.raises(preprocessors.BadRecord):
-    preprocessors.map_squad(squad)  # Training drops it.
-  (ex,) = preprocessors.mapper_for('squad', evaluation=True)(squad)
+  with pytest.raises(mappers.BadRecord):
+    span_mappers.map_squad(squad)  # Training drops it.
+  (ex,) = mappers.mapper_for('squad', evaluation=True)(squad)
   assert (ex['answer_start'], ex['answer_end'], ex['answers']) == (0, 0, ['Lyon', 'lyon'])
   # A locatable answer gives the same example as the training mapper.
   located = dict(squad, answers={'text': ['Paris'], 'answer_start': [0]})
-  assert preprocessors.map_squad_eval(located) == preprocessors.map_squad(located)
+  assert eval_mappers.map_squad_eval(located) == span_mappers.map_squad(located)
   # MRQA: scored against `answers` only (the official MRQA script), not the detected texts.
   mrqa = {'context': context, 'question': 'Capital?', 'answers': ['Paris city'],
           'detected_answers': {'text': ['Paris'], 'char_spans': {'start': [[0]], 'end': [[4]]}}}
-  (ex,) = preprocessors.mapper_for('trivia_qa', evaluation=True)(mrqa)
+  (ex,) = mappers.mapper_for('trivia_qa', evaluation=True)(mrqa)
   assert (ex['answer_start'], ex['answer_end'], ex['answers']) == (0, 5, ['Paris city'])
-  (ex,) = preprocessors.map_natural_questions_eval(dict(mrqa, context='Somewhere else.'))
+  (ex,) = eval_mappers.map_natural_questions_eval(dict(mrqa, context='Somewhere else.'))
   assert (ex['answer_start'], ex['answer_end']) == (0, 0)
   record = {'passage': context, 'query': 'The capital of @placeholder.',
             'entities': ['France'], 'answers': ['Germany']}
-  (ex,) = preprocessors.mapper_for('record', evaluation=True)(record)
+  (ex,) = mappers.mapper_for('record', evaluation=True)(record)
   assert (ex['answer_start'], ex['answer_end'], ex['answers']) == (0, 0, ['Germany'])
-  assert set(preprocessors.EVAL_MAPPERS) == {'squad', 'natural_questions', 'trivia_qa',
+  assert set(mappers.EVAL_MAPPERS) == {'squad', 'natural_questions', 'trivia_qa',
                                              'hotpot_qa', 'record', 'drop'}
   # Training mappers are unchanged for every other dataset.
-  assert preprocessors.mapper_for('rte', evaluation=True) is preprocessors.MAPPERS['rte']
+  assert mappers.mapper_for('rte', evaluation=True) is mappers.MAPPERS['rte']
 
 
 def test_drop_golds_as_the_official_script_flattens_them():
@@ -421,17 +423,17 @@ def test_drop_golds_as_the_official_script_flattens_them():
                  {'number': '2', 'date': {'day': '', 'month': '', 'year': ''}, 'spans': []},
                  {'number': '', 'date': {'day': '3', 'month': 'May', 'year': '1995'},
                   'spans': []}]}
-  (ex,) = preprocessors.map_drop_eval(release)
+  (ex,) = eval_mappers.map_drop_eval(release)
   # drop_eval.answer_json_to_strings: spans as a tuple, a number as str, a date 'day month year'.
   assert json.loads(ex['answer_spans']) == [['Smith', 'Jones'], ['2'], ['3 May 1995']]
   assert passage[ex['answer_start']:ex['answer_end']] == 'Smith'
   tfds = {'passage': passage, 'question': 'When?', 'answer': '1995-May-3',
           'validated_answers': ['', '7']}
-  (ex,) = preprocessors.map_drop_eval(tfds)
+  (ex,) = eval_mappers.map_drop_eval(tfds)
   assert json.loads(ex['answer_spans']) == [['3 May 1995'], [''], ['7']]
   assert (ex['answer_start'], ex['answer_end']) == (0, 0)
-  with pytest.raises(preprocessors.BadRecord):
-    preprocessors.map_drop(tfds)  # Training keeps extractive answers only.
+  with pytest.raises(mappers.BadRecord):
+    span_mappers.map_drop(tfds)  # Training keeps extractive answers only.
 
 
 # --- The Evaluator's compiled programs on every family -----------------------------------------

@@ -653,8 +653,8 @@ def test_attention_mask_shapes():
   seg = jnp.asarray([[1, 1, 2, 0]])
   mask = attention.make_attention_mask(query_length=4, key_length=4, query_segment_ids=seg,
                                        key_segment_ids=seg, causal=True)
-  np.testing.assert_array_equal(mask[0, 0], [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0],
-                                             [0, 0, 0, 0]])
+  np.testing.assert_array_equal(mask.dense()[0, 0], [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0],
+                                                     [0, 0, 0, 0]])
   assert attention.make_attention_mask(query_length=3, key_length=3) is None
 
 

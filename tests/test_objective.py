@@ -631,3 +631,43 @@ def test_program_size_does_not_grow_with_heads():
         f'{size26 / size2:.4f}, StableHLO {hlo26 / hlo2:.4f}')
   assert size26 <= 1.10 * size2
   assert hlo26 <= 1.10 * hlo2
+
+
+@pytest.mark.parametrize('kind,batch_fn,table', [
+    ('roberta', _span_batch, TABLE), ('bart', _summarization_batch, BART_TABLE)])
+def test_r3f_one_pass_equals_two_passes(kind, batch_fn, table):
+  """train.r3f.one_pass: the clean and noised inputs as one doubled batch give the loss, the
+  symmetric KL and the gradients of the two-pass step (dropout off: the passes then differ
+  only in how the rows are grouped): the backbone pass the classification, multiple-choice
+  and span heads share (here through the span head), and BART's summarization."""
+  model, config = _model(kind, table=table)
+  b = _jnp(batch_fn())
+  results = {}
+  for one_pass in (False, True):
+    settings = _settings(config, r3f=True, r3f_eps=0.5, r3f_one_pass=one_pass)
+
+    def loss(m, settings=settings):
+      return objective.slot_loss(m, b, jax.random.key(5), task_table=table, settings=settings,
+                                 deterministic=True)
+
+    (value, metrics), grads = jax.jit(nnx.value_and_grad(loss, has_aux=True))(model)
+    results[one_pass] = value, metrics, jax.tree.leaves(nnx.state(grads, nnx.Param))
+  (v2, m2, g2), (v1, m1, g1) = results[False], results[True]
+  assert float(m2.sym_kl) > 1e-4  # The KL term is in play.
+  np.testing.assert_allclose(float(v1), float(v2), rtol=1e-5)
+  np.testing.assert_allclose(float(m1.sym_kl), float(m2.sym_kl), rtol=1e-4, atol=1e-7)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in g2)
+  for a, e in zip(g1, g2):
+    np.testing.assert_allclose(a, e, atol=1e-5 * scale, rtol=0)
+
+
+def test_r3f_one_pass_runs_the_backbone_once(monkeypatch):
+  calls = []
+  original = muppet.MuppetModel.encode_tokens
+  monkeypatch.setattr(muppet.MuppetModel, 'encode_tokens',
+                      lambda self, batch, *a, **k: calls.append(batch['input_ids'].shape[0])
+                      or original(self, batch, *a, **k))
+  model, config = _model(table=CLS_TABLE)
+  _loss(model, _classification_batch(), _settings(config, r3f=True, r3f_one_pass=True),
+        CLS_TABLE)
+  assert calls == [2 * SHAPE.rows]  # One pass over the doubled rows.

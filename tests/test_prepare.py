@@ -32,11 +32,13 @@ from muppet_jax.data import catalogue
 from muppet_jax.data import demo
 from muppet_jax.data import hf_builders
 from muppet_jax.data import inspect as inspect_lib
+from muppet_jax.data import mappers
 from muppet_jax.data import prepare
-from muppet_jax.data import preprocessors
+from muppet_jax.data.prepare import readiness
 from muppet_jax.data import tasks
 from muppet_jax.data.catalogue import DatasetRecord
 from muppet_jax.data.features import Family
+from muppet_jax.data.mappers import classification
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {'train': 12, 'validation': 4}
@@ -75,8 +77,8 @@ RECORD = DatasetRecord(
 
 
 def _register(monkeypatch, record: DatasetRecord, mapper) -> None:
-  """Registers a test dataset; its mapper leaves preprocessors.MAPPERS after the test."""
-  monkeypatch.setitem(preprocessors.MAPPERS, record.slug, mapper)
+  """Registers a test dataset; its mapper leaves mappers.MAPPERS after the test."""
+  monkeypatch.setitem(mappers.MAPPERS, record.slug, mapper)
   tasks.register_dataset(record)
 
 
@@ -260,7 +262,7 @@ def _cli(capsys, *argv) -> tuple[int, str]:
 
 def test_check_reports_present_missing_and_wrong_format_offline(
     array_dir, tfrecord_dir, tmp_path, capsys, monkeypatch, no_download):
-  _register(monkeypatch, RECORD, preprocessors.map_rte)
+  _register(monkeypatch, RECORD, classification.map_rte)
   args = ('--tasks', 'prep_test_pairs', '--check', '--data_dir')
 
   code, out = _cli(capsys, *args, array_dir[0])
@@ -463,7 +465,7 @@ def test_preflight_data_dir_that_does_not_exist(tmp_path, no_download):
 
 def test_preflight_lists_each_kind_of_problem_in_one_message(
     tfrecord_dir, tmp_path, monkeypatch, no_download):
-  _register(monkeypatch, RECORD, preprocessors.map_rte)
+  _register(monkeypatch, RECORD, classification.map_rte)
   data_dir = _copy(tfrecord_dir, tmp_path)
   with pytest.raises(prepare.DataNotPreparedError) as e:
     prepare.preflight([RECORD.task_name, 'muppet_rte', 'muppet_demo_sentiment'], data_dir)
@@ -475,7 +477,7 @@ def test_preflight_lists_each_kind_of_problem_in_one_message(
   assert _command_tasks(message) == ['prep_test_pairs', 'rte']
   # A missing split: the evaluation split of a dataset whose catalogue names another one.
   renamed = dataclasses.replace(RECORD, slug='prep_test_dev', eval_split='dev')
-  _register(monkeypatch, renamed, preprocessors.map_rte)
+  _register(monkeypatch, renamed, classification.map_rte)
   prepare.convert_to_array_record(_version_dir(data_dir))
   with pytest.raises(prepare.DataNotPreparedError) as e:
     prepare.preflight([renamed.task_name], data_dir)
@@ -484,7 +486,7 @@ def test_preflight_lists_each_kind_of_problem_in_one_message(
 
 
 def test_preflight_passes_when_prepared_and_for_demo_tasks(array_dir, monkeypatch, no_download):
-  _register(monkeypatch, RECORD, preprocessors.map_rte)
+  _register(monkeypatch, RECORD, classification.map_rte)
   assert prepare.preflight([RECORD.task_name, 'muppet_demo_sentiment'], array_dir[0]) is None
   demo_names = [r.task_name for r in demo.RECORDS]
   assert prepare.preflight(demo_names, '/nonexistent/tfds') is None
@@ -496,12 +498,12 @@ def test_preflight_catches_a_mapper_that_rejects_every_record(array_dir, monkeyp
   invalid = dataclasses.replace(RECORD, slug='prep_test_invalid')
 
   def reject(raw):
-    raise preprocessors.BadRecord('no usable label')
+    raise mappers.BadRecord('no usable label')
 
   def emit_label_7(raw):
     return [{'text_a': raw['sentence1'], 'text_b': raw['sentence2'], 'label': 7}]
 
-  _register(monkeypatch, RECORD, preprocessors.map_rte)
+  _register(monkeypatch, RECORD, classification.map_rte)
   _register(monkeypatch, rejecting, reject)
   _register(monkeypatch, invalid, emit_label_7)
   with pytest.raises(prepare.DataNotPreparedError) as e:
@@ -516,9 +518,9 @@ def test_preflight_catches_a_mapper_that_rejects_every_record(array_dir, monkeyp
   assert 'label 7 not in [0, 2)' in message
   assert 'python -m muppet_jax.data.prepare' not in message  # Preparing would not help.
   # Up to 32 records, spread over a larger split.
-  assert prepare._sample_indices(1000, 32)[:3] == [0, 32, 64]
-  assert len(prepare._sample_indices(1000, 32)) == 32
-  assert prepare._sample_indices(3, 32) == [0, 1, 2]
+  assert readiness.sample_indices(1000, 32)[:3] == [0, 32, 64]
+  assert len(readiness.sample_indices(1000, 32)) == 32
+  assert readiness.sample_indices(3, 32) == [0, 1, 2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,7 +530,7 @@ def test_preflight_catches_a_mapper_that_rejects_every_record(array_dir, monkeyp
 
 def test_train_run_preflights_before_the_mesh(tmp_path, monkeypatch, no_download):
   from muppet_jax import train  # pylint: disable=g-import-not-at-top  (the whole trainer)
-  _register(monkeypatch, RECORD, preprocessors.map_rte)
+  _register(monkeypatch, RECORD, classification.map_rte)
 
   def no_mesh(*args, **kwargs):
     raise AssertionError('the mesh was built before the preflight')
@@ -554,7 +556,7 @@ def test_inspect_preflights_and_reads_prepared_records(array_dir, tmp_path, caps
   err = capsys.readouterr().err
   assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith('error: ')
   assert f'python -m muppet_jax.data.prepare --tasks rte --data_dir {tmp_path}' in err
-  _register(monkeypatch, RECORD, preprocessors.map_rte)
+  _register(monkeypatch, RECORD, classification.map_rte)
   code = inspect_lib.main(['--task', RECORD.task_name, '--split', 'validation', '--num', '2',
                            '--tfds_data_dir', array_dir[0]])
   out = capsys.readouterr().out
@@ -615,7 +617,7 @@ def test_prepared_dataset_is_trained_on_and_resumes_exactly(array_dir, tmp_path,
   import conftest  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from muppet_jax import checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from muppet_jax import train  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  _register(monkeypatch, RECORD, preprocessors.map_rte)
+  _register(monkeypatch, RECORD, classification.map_rte)
 
   def config():
     c = conftest.trained_demo_config()
@@ -654,3 +656,172 @@ def test_prepared_dataset_is_trained_on_and_resumes_exactly(array_dir, tmp_path,
 def jax_leaves(tree):
   import jax  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   return jax.tree.leaves(tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged shards and interrupted preparations (docs/ARCHITECTURE.md, Faults).
+# ---------------------------------------------------------------------------------------------
+
+
+def _shard(data_dir: str, split: str) -> str:
+  return os.path.join(_version_dir(data_dir),
+                      f'muppet_prep_test_pairs-{split}.array_record-00000-of-00001')
+
+
+def _damaged_line(out: str) -> str:
+  (line,) = [l for l in out.splitlines() if ' is damaged: ' in l]
+  return line
+
+
+def _run_config(data_dir: str):
+  import conftest  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  config = conftest.trained_demo_config()
+  config.data.mixture = RECORD.task_name
+  config.data.tfds_data_dir = data_dir
+  return config
+
+
+def test_a_truncated_shard_is_named_by_check_verify_and_by_a_run(array_dir, tmp_path, capsys,
+                                                                  monkeypatch, no_download):
+  from muppet_jax import train  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from muppet_jax.data import shards  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  _register(monkeypatch, RECORD, classification.map_rte)
+  data_dir = _copy(array_dir[0], tmp_path)
+  shard = _shard(data_dir, 'train')
+  with open(shard, 'r+b') as f:
+    f.truncate(os.path.getsize(shard) // 2)  # A copy to a bucket cut short.
+  # What TFDS alone makes of it: records of empty fields, which a mapper drops without a word.
+  assert tfds.data_source(TFDS_NAME, split='train', data_dir=data_dir, download=False)[3] == {
+      'label': None, 'sentence1': None, 'sentence2': None}
+
+  code, out = _cli(capsys, '--tasks', RECORD.slug, '--check', '--data_dir', data_dir)
+  assert code == 0  # Every file is there: only reading them tells.
+  code, out = _cli(capsys, '--tasks', RECORD.slug, '--check', '--verify', '--data_dir', data_dir)
+  assert code == 1 and re.search(r'train=12 validation=4\s+16\s+damaged', out), out
+  line = _damaged_line(out)
+  assert line == (
+      f'prep_test_pairs ({TFDS_NAME}), split train: the prepared file {shard} is damaged: holds '
+      '0 records, its metadata says 12 (truncated or overwritten). Prepare the dataset again: '
+      f'delete {_version_dir(data_dir)} and run `python -m muppet_jax.data.prepare --tasks '
+      f'prep_test_pairs --data_dir {data_dir}`')
+
+  workdir = tmp_path / 'run'
+  with pytest.raises(shards.DamagedDataError) as raised:
+    train.run(_run_config(data_dir), str(workdir))
+  assert str(raised.value) == line  # The same line, before the first step.
+  assert not workdir.exists()
+
+
+def test_a_corrupted_record_stops_reading_naming_its_shard(array_dir, tmp_path, capsys,
+                                                           monkeypatch, no_download):
+  from muppet_jax import train  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from muppet_jax.data import shards  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from muppet_jax.data import streams  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  _register(monkeypatch, RECORD, classification.map_rte)
+  data_dir = _copy(array_dir[0], tmp_path)
+  shard = _shard(data_dir, 'train')
+  with open(shard, 'r+b') as f:  # One bit of the first record's chunk: its checksum fails.
+    f.seek(200)
+    byte = f.read(1)
+    f.seek(200)
+    f.write(bytes([byte[0] ^ 0x01]))
+
+  code, out = _cli(capsys, '--tasks', RECORD.slug, '--check', '--verify', '--data_dir', data_dir)
+  assert code == 1
+  line = _damaged_line(out)
+  assert line.startswith(f'prep_test_pairs ({TFDS_NAME}), split train: the prepared file '
+                         f'{shard} is damaged: records 0-11 cannot be read (RuntimeError: '
+                         'Corrupted Riegeli/records file')
+  # The record counts are intact, so the split opens; reading the damaged record stops.
+  records = streams.open_source(RECORD, 'train', data_dir)
+  readable = []
+  with pytest.raises(shards.DamagedDataError) as raised:
+    for i in range(len(records)):
+      readable.append(records[i])
+  message = str(raised.value)
+  assert message.startswith(f'prep_test_pairs ({TFDS_NAME}), split train: the prepared file '
+                            f'{shard} is damaged: record ')
+  assert 'Corrupted Riegeli/records file' in message and 'Prepare the dataset again' in message
+  assert '\n' not in message
+  with pytest.raises(shards.DamagedDataError, match='is damaged: record'):
+    train.run(_run_config(data_dir), str(tmp_path / 'run'))
+
+
+_SLOW_BUILDER = '''
+import os
+import time
+
+import tensorflow_datasets as tfds
+
+
+class MuppetPrepSlowPairs(tfds.core.GeneratorBasedBuilder):
+  """The test pairs, generated slowly: blocks in the train split while BLOCK_FILE is set."""
+
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'sentence1': tfds.features.Text(), 'sentence2': tfds.features.Text(),
+        'label': tfds.features.ClassLabel(names=['entailment', 'not_entailment'])}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split, n)
+            for split, n in (('train', 12), ('validation', 4))}
+
+  def _generate_examples(self, split, n):
+    for i in range(n):
+      if split == 'train' and i == 6 and os.environ.get('BLOCK_FILE'):
+        open(os.environ['BLOCK_FILE'], 'w').close()
+        time.sleep(600)  # Killed here.
+      yield i, {'sentence1': f'{split} premise {i}', 'sentence2': f'{split} hypothesis {i}',
+                'label': i % 2}
+'''
+
+
+def test_prepare_killed_mid_dataset_is_never_present_and_finishes_when_run_again(tmp_path):
+  builder_dir, data_dir = tmp_path / 'builder', str(tmp_path / 'data')
+  builder_dir.mkdir()
+  (builder_dir / 'muppet_prep_slow_builder.py').write_text(_SLOW_BUILDER)
+  record = dataclasses.replace(RECORD, slug='prep_slow_pairs', name='Prepare slow pairs',
+                               source='tfds:muppet_prep_slow_pairs:1.0.0')
+  block = tmp_path / 'blocked'
+  script = (
+      'import sys; sys.path.insert(0, sys.argv[1]); import muppet_prep_slow_builder\n'
+      'import dataclasses\n'
+      'from muppet_jax.data import mappers, prepare, tasks\n'
+      'from muppet_jax.data.catalogue import DatasetRecord\n'
+      'from muppet_jax.data.features import Family\n'
+      'from muppet_jax.data.mappers import classification\n'
+      f'record = DatasetRecord(slug={record.slug!r}, name={record.name!r}, '
+      f'family=Family.CLASSIFICATION, source={record.source!r}, num_classes=2, '
+      f'label_names={record.label_names!r}, train_size=12, eval_size=4)\n'
+      'mappers.MAPPERS[record.slug] = classification.map_rte\n'
+      'tasks.register_dataset(record)\n'
+      'prepare.prepare_records([record], sys.argv[2])\n')
+  log = tmp_path / 'prepare.log'
+  with open(log, 'w') as output:
+    proc = subprocess.Popen(
+        [sys.executable, '-c', script, str(builder_dir), data_dir], cwd=REPO,
+        env=dict(os.environ, BLOCK_FILE=str(block), PYTHONPATH=REPO),
+        stdout=output, stderr=subprocess.STDOUT)
+  deadline = time.time() + 300
+  while not block.exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.2)
+  assert block.exists(), log.read_text()[-3000:]  # It reached the middle of the train split.
+  proc.kill()  # SIGKILL, half-way through the dataset.
+  proc.wait()
+
+  sys.path.insert(0, str(builder_dir))
+  try:
+    import muppet_prep_slow_builder  # pylint: disable=g-import-not-at-top,import-outside-toplevel,unused-import
+  finally:
+    sys.path.remove(str(builder_dir))
+  (report,) = prepare.check_records([record], data_dir)
+  assert report.status == prepare.Status.MISSING  # Not present, not even incomplete.
+  (part,) = report.parts
+  assert 'an interrupted preparation left' in part.problem and 'incomplete.' in part.problem
+  (report,) = prepare.prepare_records([record], data_dir, log=None)
+  assert report.status == prepare.Status.PREPARED, report.parts[0].problem
+  (report,) = prepare.check_records([record], data_dir, verify=True)
+  assert report.status == prepare.Status.PRESENT and report.split_sizes == SIZES

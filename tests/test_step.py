@@ -16,6 +16,7 @@ from flax import nnx
 
 from configs import demo as demo_config
 from muppet_jax import objective
+from muppet_jax import rng as rng_lib
 from muppet_jax import sharding
 from muppet_jax import step as step_lib
 from muppet_jax.data import batching
@@ -52,8 +53,9 @@ def _setup(tmp_dir: str):
   return config, vocab, table, subs, model
 
 
-def _reference_grads(model, subs, table, settings, rng, step):
+def _reference_grads(model, subs, table, settings, rng, step, rng_impl='threefry'):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  base = rng_lib.wrap(rng, rng_impl)
 
   def loss(p, sub, key):
     return objective.slot_loss(nnx.merge(graphdef, p, rest), sub, key, task_table=table,
@@ -62,7 +64,7 @@ def _reference_grads(model, subs, table, settings, rng, step):
   grad = jax.jit(jax.grad(loss))
   total = None
   for s, sub in enumerate(subs):
-    g = grad(params, sub, step_lib.slot_rng(rng, jnp.int32(step), jnp.int32(s)))
+    g = grad(params, sub, step_lib.slot_rng(base, jnp.int32(step), jnp.int32(s)))
     total = g if total is None else jax.tree.map(jnp.add, total, g)
   return jax.tree.map(lambda x: x / len(subs), total)
 
@@ -108,6 +110,37 @@ def test_gradient_is_average_of_per_slot_gradients(tmp_path_factory, r3f, splits
     assert float(jnp.sum(sums['task_slots'])) == len(subs)
     if not r3f:
       assert float(jnp.sum(sums['task_sym_kl'])) == 0.0
+
+
+def test_hardware_generator_keeps_the_layout_invariance(tmp_path_factory):
+  """train.rng_impl='rbg' (XLA's RngBitGenerator, the accelerators' hardware generator): the
+  step's gradient is still the average of the per-slot gradients, each slot's masks drawn from
+  its own key, whatever the devices x accumulation split."""
+  config, vocab, table, subs, model = _setup(str(tmp_path_factory.mktemp('tok')))
+  settings = objective.ObjectiveSettings.from_config(config, vocab.vocab_size)
+  rng = rng_lib.base_key_data(11, 'rbg')
+  assert rng.shape == (4,)
+  want = _reference_grads(model, subs, table, settings, rng, 2, 'rbg')
+  threefry = _reference_grads(model, subs, table, settings,
+                              jax.random.key_data(jax.random.key(11)), 2)
+  assert _max_rel_err(threefry, want) > 1e-3  # Other generator, other masks.
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  for devices, accum in ((8, 1), (2, 4)):
+    layout = sharding.make_mesh(_mesh_config(devices))
+    fn = jax.jit(step_lib.make_gradient_fn(graphdef, table, settings, layout.mesh,
+                                           rng_impl='rbg'))
+    got, _ = fn(params, rest, sharding.global_batch(layout, _stack(subs, accum, devices)),
+                rng, jnp.int32(2))
+    err = _max_rel_err(jax.block_until_ready(got), want)
+    assert err < 1e-5, f'{devices} devices x {accum}: relative error {err}'
+
+
+def test_rng_impl_resolution():
+  assert rng_lib.resolve('auto', 'cpu') == 'threefry'
+  assert rng_lib.resolve('auto', 'tpu') == 'rbg' == rng_lib.resolve('auto', 'gpu')
+  assert rng_lib.resolve('unsafe_rbg', 'cpu') == 'unsafe_rbg'
+  with pytest.raises(ValueError, match='rng_impl'):
+    rng_lib.resolve('philox', 'cpu')
 
 
 def _mesh_config(devices):

@@ -118,7 +118,7 @@ def test_checkpoint_from_another_model_fails_clearly(trained_demo_workdir, tmp_p
   config.model.hidden_size = 64
   config.train.steps = conftest.TRAINED_DEMO_STEPS + 2
   with pytest.raises(checkpoint_lib.IncompatibleCheckpointError,
-                     match=r'model\.hidden_size: checkpoint 32 vs config 64'):
+                     match=r'model\.hidden_size 32 in the workdir, 64 in this command'):
     train.run(config, workdir)
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))) == list(
       conftest.TRAINED_DEMO_CHECKPOINTS)

@@ -1,20 +1,24 @@
-r"""Compiles the paper configs for TPU slices and tabulates the reports (docs/COMPILE.md).
+r"""Compiles the paper configs for TPU slices or GPU nodes and tabulates the reports
+(docs/COMPILE.md).
 
   python -m bench.compile_reports [--configs base,large,bart_base,bart_large]
       [--topologies v4-64,v5e-64,v5p-64] [--r3f off,on] [--depths 2,4]
       [--slots 64] [--no-costs] [--set model.remat=full --set data.rows=4 ...]
       [--max-memory-gib 20] [--force] [--table-only]
+  python -m bench.compile_reports --topologies h100x8,h200x8,8x8xa100-80gb ...
 
-Run it with an interpreter whose environment has libtpu (`pip install "jax[tpu]==<jax>"`). Each
-compile is one `python -m muppet_jax.main --mode compile` run in its own process, one at a
-time; its report is kept as bench/compile_reports/<config>_r3f-<off|on>_<topology>[_L<layers>]
-[_<overrides>].json (existing ones are kept unless --force, or unless they lack the FLOPs this
-sweep computes, so an interrupted sweep resumes and a `--no-costs` sweep can be completed
-later).
-`--slots 64` (the default) sets `train.grad_accum` to 64 / devices, so that every slice runs
-the paper's 64 task sub-batches per update (v4-64 and v5p-64 are 32 devices: A = 2); 0 keeps
-the config's grad_accum. `--no-costs` skips XLA's FLOPs (`compile.costs=False`: memory, fits
-and collectives only; the FLOPs' extra compiles are most of the time).
+Run it with an interpreter whose environment has libtpu (`pip install "jax[tpu]==<jax>"`) for
+TPU slices, or the CUDA plugin (`pip install "jax[cuda12]==<jax>"`) for GPU nodes; the compiles
+run with JAX_PLATFORMS=cpu. Each compile is one `python -m muppet_jax.main --mode compile` run in
+its own process, one at a time; its report is kept as
+bench/compile_reports/<config>_r3f-<off|on>_<topology>[_L<layers>][_<overrides>].json (existing
+ones are kept unless --force, or unless they lack the FLOPs this sweep computes, so an
+interrupted sweep resumes and a `--no-costs` sweep can be completed later).
+`--slots 64` (the default) sets `train.grad_accum` to 64 / devices, so that every target runs
+the paper's 64 task sub-batches per update (v4-64 and v5p-64 are 32 devices: A = 2; one node of
+8 GPUs: A = 8); 0 keeps the config's grad_accum. `--no-costs` skips XLA's FLOPs
+(`compile.costs=False`: memory, fits and collectives only; the FLOPs' extra compiles are most
+of the time).
 `--set KEY=VALUE` adds `--config.KEY=VALUE` to every run (e.g. what a report's `advice` says).
 `--max-memory-gib` caps each compile's address space, so that a compile too big for a shared
 machine fails alone instead of waking the kernel's out-of-memory killer.
@@ -65,8 +69,18 @@ def config_layers(config: str) -> int:
   return int(module.get_config().model.num_layers)
 
 
+def is_gpu(topology: str) -> bool:
+  """GPU nodes ('h100x8', '8x8xa100-80gb'), not a TPU slice."""
+  from muppet_jax.compile import gpu  # pylint: disable=import-outside-toplevel
+  return gpu.is_gpu_topology(topology)
+
+
 def num_devices(topology: str) -> int:
-  """JAX devices of an accelerator type: v4-N / v5p-N count TensorCores (2 per device)."""
+  """JAX devices of an accelerator type (v4-N / v5p-N count TensorCores, 2 per device) or of
+  GPU nodes."""
+  if is_gpu(topology):
+    from muppet_jax.compile import gpu  # pylint: disable=import-outside-toplevel
+    return gpu.parse_gpu_topology(topology).num_devices
   generation, _, count = topology.rpartition('-')
   return int(count) // 2 if generation in ('v4', 'v5p') else int(count)
 
@@ -94,8 +108,11 @@ def compile_one(config: str, r3f: str, topology: str, layers: int | None,
         size = int(max_memory_gib * GIB)
         resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
+    # JAX_PLATFORMS=cpu: a described target needs no local accelerator (with the CUDA plugin
+    # installed JAX would otherwise try to start CUDA).
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, 'HF_HUB_OFFLINE': '1'}, preexec_fn=limit_memory)
+                          env={**os.environ, 'HF_HUB_OFFLINE': '1', 'JAX_PLATFORMS': 'cpu'},
+                          preexec_fn=limit_memory)
     if proc.returncode:
       raise RuntimeError(f'{" ".join(cmd)} failed:\n{proc.stderr[-3000:]}')
     with open(os.path.join(workdir, 'compile_report.json')) as f:
@@ -139,25 +156,38 @@ def extrapolate(shallow: dict, deep: dict, layers: int) -> dict:
   return estimate
 
 
+def peak_figures(topology: str, dtype: str) -> tuple[float, float]:
+  """(peak FLOP/s, memory bytes/s) of one device of `topology` for a model in `dtype`: the chip
+  table (TPU), the datasheet's bf16 or, for float32, TF32 peak (GPU)."""
+  from muppet_jax import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  if is_gpu(topology):
+    from muppet_jax.compile import gpu  # pylint: disable=import-outside-toplevel
+    device = gpu.parse_gpu_topology(topology).gpu
+    return (device.peak_flops_tf32 if dtype == 'float32' else device.peak_flops,
+            device.hbm_bandwidth)
+  chip = compile_lib.parse_topology(topology).chip
+  return chip.peak_flops, chip.hbm_bandwidth
+
+
 def roofline_from(report: dict, donor: dict, topology: str) -> dict:
   """The roofline of `report` (compiled with compile.costs=False for `topology`) from the XLA
-  FLOPs and bytes accessed of `donor`, the same config compiled with costs for another slice.
+  FLOPs and bytes accessed of `donor`, the same config compiled with costs for another target
+  of the same platform.
 
   With data parallelism (mesh.model = 1) a device runs A slots per update whatever the slice,
   so the donor's figures are scaled by A / A_donor; what differs besides is the ZeRO-1
   optimizer's share (elementwise over N / D parameters, well under 1% of the FLOPs) and the
   fusion choices of the other generation's compiler (bytes accessed).
   """
-  from muppet_jax import compile as compile_lib  # pylint: disable=import-outside-toplevel
   if report['mesh'].get('model', 1) != 1 or donor['mesh'].get('model', 1) != 1:
     raise ValueError('per-slot costs carry over between data-parallel meshes only')
-  chip = compile_lib.parse_topology(topology).chip
+  peak, bandwidth = peak_figures(topology, report.get('model', {}).get('dtype', 'bfloat16'))
   scale = report['grad_accum'] / donor['grad_accum']
-  compute = donor['flops_per_step'] * scale / chip.peak_flops
-  memory = donor['bytes_accessed_per_step'] * scale / chip.hbm_bandwidth
+  compute = donor['flops_per_step'] * scale / peak
+  memory = donor['bytes_accessed_per_step'] * scale / bandwidth
   step = max(compute, memory)
   return {'step_seconds': step, 'bound': 'compute' if compute >= memory else 'memory',
-          'mfu_bound': report['model_flops_per_step'] / (step * chip.peak_flops)}
+          'mfu_bound': report['model_flops_per_step'] / (step * peak)}
 
 
 def _collectives(collectives: list[dict]) -> str:
@@ -185,10 +215,12 @@ def _row(name: str, r3f: bool, r: dict, how: str) -> str:
           f'{memory} | {fits} | {collectives} | {step} | {mfu} | {how} |')
 
 
-def table(directory: str = HERE) -> str:
-  """The markdown table of the reports in `directory`: full-depth compiles as they are, else
-  the extrapolation from the two depths compiled."""
-  rows = ['| config | R3F | slice | per-device memory | fits | collectives (per update) | '
+def table(directory: str = HERE, platform: str = 'tpu') -> str:
+  """The markdown table of the reports in `directory` for `platform` ('tpu': slices, 'gpu':
+  nodes): full-depth compiles as they are, else the extrapolation from the two depths
+  compiled."""
+  target = 'GPUs' if platform == 'gpu' else 'slice'
+  rows = [f'| config | R3F | {target} | per-device memory | fits | collectives (per update) | '
           'est. step (roofline) | MFU bound | how |', '|---|---|---|---|---|---|---|---|---|']
   groups: dict[tuple, dict] = {}
   for path in glob.glob(os.path.join(directory, '*_r3f-*.json')):
@@ -196,6 +228,8 @@ def table(directory: str = HERE) -> str:
     if not m:
       continue
     config, r3f, topology, layers, suffix = m.groups()
+    if is_gpu(topology) != (platform == 'gpu'):
+      continue
     with open(path) as f:
       groups.setdefault((config, r3f, topology, suffix), {})[int(layers or 0)] = json.load(f)
   order = {c: i for i, c in enumerate(CONFIGS)}
@@ -221,6 +255,38 @@ def table(directory: str = HERE) -> str:
       rows.append(_row(name, deep['options']['r3f'], estimate,
                        f'est. from {l1} and {l2} layers'))
   return '\n'.join(rows)
+
+
+def groups_table(directory: str = HERE) -> str:
+  """Where each config's bytes go: the `attribution` groups of every report that has them (TPU
+  reports with costs), one row per report, each cell 'GB per update (share of the bytes)'."""
+  from muppet_jax.compile.attribution import GROUPS  # pylint: disable=import-outside-toplevel
+  short = [g.replace('embeddings and output heads', 'embeddings').replace(
+      'norms and dropout', 'norms, dropout') for g in GROUPS]
+  rows = ['| config | R3F | target | ' + ' | '.join(short) + ' | total (XLA) | coverage |',
+          '|---|---|---|' + '---|' * len(GROUPS) + '---|---|']
+  order = {c: i for i, c in enumerate(CONFIGS)}
+  found = []
+  for path in glob.glob(os.path.join(directory, '*_r3f-*.json')):
+    m = re.match(r'(.+)_r3f-(on|off)_([^_]+)(.*)\.json$', os.path.basename(path))
+    if not m:
+      continue
+    with open(path) as f:
+      report = json.load(f)
+    if report.get('attribution'):
+      found.append((order.get(m.group(1), 9), m.groups(), report))
+  for _, (config, r3f, topology, suffix), report in sorted(found, key=lambda x: (x[0], x[1])):
+    a = report['attribution']
+    by_name = {g['name']: g for g in a['groups']}
+    cells = [f'{by_name[g]["bytes"] / 1e9:.1f} ({by_name[g]["bytes"] / a["bytes"]:.0%})'
+             if g in by_name else '-' for g in GROUPS]
+    name = ' '.join([config, *report.get('overrides', [])])
+    xla = a.get('xla_bytes_accessed')
+    coverage = a.get('coverage', {}).get('bytes')
+    total = f'{xla / 1e9:.1f} GB' if xla else '-'
+    rows.append(f'| {name} | {r3f} | {topology} | ' + ' | '.join(cells) +
+                f' | {total} | {f"{coverage:.1%}" if coverage else "-"} |')
+  return '\n'.join(rows) if found else ''
 
 
 def main(argv=None) -> None:
@@ -269,6 +335,15 @@ def main(argv=None) -> None:
             print(f'  {report["per_device_bytes"] / GIB:.2f} GiB per device, fits: '
                   f'{report["fits"]}, {report["wall_seconds"]:.0f} s', flush=True)
   print(table())
+  groups = groups_table()
+  if groups:
+    print()
+    print('Where the bytes of one update go (GB per device, attribution from the compiled HLO):')
+    print(groups)
+  gpu_table = table(platform='gpu')
+  if gpu_table.count('\n') > 1:  # Any GPU rows.
+    print()
+    print(gpu_table)
 
 
 if __name__ == '__main__':

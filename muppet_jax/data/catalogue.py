@@ -24,7 +24,7 @@ Decisions (each record's `notes` has the details):
   character spans, contexts of tractable length, no Beam/95 GB NQ build. They are smaller than
   the originals (503K MRC examples instead of the paper's 1.05M). DROP trains only on answers
   found verbatim in the passage (the mapper drops computed numbers, dates and multi-span
-  answers); its evaluation keeps every question (`preprocessors.EVAL_MAPPERS`).
+  answers); its evaluation keeps every question (`mappers.EVAL_MAPPERS`).
   ReCoRD's TFDS version has no character offsets: the mapper finds the answer in the passage.
 - Multiple choice: num_classes is the most choices of an example (ARC: 5, usually 4). SciQ's
   correct answer always comes first in the raw data, so the mapper shuffles the options with a

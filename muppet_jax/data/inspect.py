@@ -13,7 +13,7 @@ the prepare command (`prepare.preflight`). Prints
    (`streams.open_source`: TFDS ArrayRecord random access, plain python);
 3. mapped: each raw record through the dataset's mapper, or the reason it is dropped;
 4. tokenized (with `--tokenizer`; demo tasks use the demo BPE by default): one sub-batch as
-   batching.py builds it, each row's segments as tokens, with labels / spans / targets.
+   batching builds it, each row's segments as tokens, with labels / spans / targets.
 
 `--mock` reads random TFDS mock data instead (offline smoke test of the plumbing only).
 """
@@ -34,8 +34,8 @@ import tensorflow_datasets as tfds
 from muppet_jax import cli
 from muppet_jax.data import batching
 from muppet_jax.data import demo
+from muppet_jax.data import mappers
 from muppet_jax.data import prepare
-from muppet_jax.data import preprocessors
 from muppet_jax.data import streams
 from muppet_jax.data import tasks
 from muppet_jax.data.catalogue import DatasetRecord
@@ -72,8 +72,8 @@ def _map(record: DatasetRecord, raw: dict) -> tuple[list[dict], str]:
   if record.source.startswith('demo:'):
     return [raw], ''  # Demo sources already yield family examples.
   try:
-    return preprocessors.MAPPERS[record.slug](raw), ''
-  except preprocessors.BadRecord as e:
+    return mappers.MAPPERS[record.slug](raw), ''
+  except mappers.BadRecord as e:
     return [], e.reason
 
 

@@ -3,14 +3,17 @@
 Every task's data is read through `open_source`: a `grain.MapDataset` of the raw records of one
 split, backed by `tfds.data_source(...)` (TFDS's ArrayRecord random access, prepared once by
 `python -m muppet_jax.data.prepare`) or, for the embedded demo, by an in-memory list. Nothing
-here downloads: a dataset that is not prepared fails (the run's preflight names it first).
+here downloads: a dataset that is not prepared fails (the run's preflight names it first). A
+split whose shards do not hold the records their metadata says (a truncated copy), or a record
+that cannot be read, stops with one `shards.DamagedDataError` naming the dataset, the split and
+the file, never with records silently dropped.
 
 Training (`train_stream`): a task's train split in a seeded global shuffle that changes every
 epoch, repeated forever; slot s of S reads shard s of S of that order (its elements s, s + S,
 s + 2S, ...).
-Each raw record goes through the dataset's mapper (`preprocessors.mapper_for`, the same
+Each raw record goes through the dataset's mapper (`mappers.mapper_for`, the same
 function the seqio Task applies) directly in Python, giving 0..n family examples (RACE: one
-per question), checked like the seqio path checks them (`preprocessors.check_family_example`).
+per question), checked like the seqio path checks them (`mappers.check_family_example`).
 
 A stream's position is its grain iterator state, `{'next_index': i, 'offset': j}`: the j-th
 family example of the i-th record of the stream's (sharded, shuffled, repeated) order. Restoring it is a
@@ -19,7 +22,7 @@ consumed, so a run resumes as fast at step 200k as at step 10, and continues the
 example stream.
 
 Evaluation (`eval_examples`): the evaluation split in its stored order, mapped with the
-dataset's evaluation mapper (`preprocessors.mapper_for(slug, evaluation=True)`).
+dataset's evaluation mapper (`mappers.mapper_for(slug, evaluation=True)`).
 """
 
 from __future__ import annotations
@@ -27,15 +30,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grain
+import numpy as np
 
 from muppet_jax.data import catalogue
 from muppet_jax.data import demo
 from muppet_jax.data import hf_builders
-from muppet_jax.data import preprocessors
+from muppet_jax.data import mappers
+from muppet_jax.data import shards
 from muppet_jax.data.catalogue import DatasetRecord
 from muppet_jax.errors import UserError
 
@@ -73,6 +79,29 @@ def _tfds_source(name: str, split: str, data_dir: str | None):
   return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
 
 
+def _checked_source(source, record: DatasetRecord, tfds_name: str, split: str):
+  """`source` after checking that each of its shards holds the records its metadata says
+  (a truncated shard would otherwise read as empty records, silently dropped), wrapped so that
+  a record that cannot be read names its shard (`shards.DamagedDataError`). A source that is
+  not files on disk (`tfds.testing.mock_data`) is returned as it is."""
+  try:
+    instructions = source.dataset_info.splits[split].file_instructions
+  except (AttributeError, KeyError):
+    return source
+  files = [shards.Shard(path=os.fspath(fi.filename), records=int(fi.examples_in_shard))
+           for fi in instructions]
+  if not files:
+    return source
+  # <data_dir>/<name>[/<config>]/<version>/<file>: the data dir the prepare command needs.
+  levels = len(tfds_name.partition(':')[0].split('/')) + 2
+  data_dir = os.path.dirname(files[0].path) if files else ''
+  for _ in range(levels - 1):
+    data_dir = os.path.dirname(data_dir)
+  where = dict(slug=record.slug, dataset=tfds_name, split=split, data_dir=data_dir)
+  shards.check_counts(files, **where)
+  return shards.CheckedSource(source, files, **where)
+
+
 def open_source(record: DatasetRecord, split: str, data_dir: str | None = None, *,
                 cache: dict | None = None) -> grain.MapDataset:
   """The raw records of one split as a random-access `grain.MapDataset` of plain python dicts.
@@ -85,7 +114,7 @@ def open_source(record: DatasetRecord, split: str, data_dir: str | None = None, 
       stream of a task); None opens them afresh.
 
   Returns:
-    Records as TFDS yields them, decoded to plain python (`preprocessors.to_python`); for demo
+    Records as TFDS yields them, decoded to plain python (`mappers.to_python`); for demo
     tasks, the demo's family examples. Several TFDS configs (RACE) are concatenated.
   """
   real_split = split_name(record, split)
@@ -97,12 +126,12 @@ def open_source(record: DatasetRecord, split: str, data_dir: str | None = None, 
     key = (tfds_name, real_split, data_dir or None)
     source = cache.get(key) if cache is not None else None
     if source is None:
-      source = _tfds_source(*key)
+      source = _checked_source(_tfds_source(*key), record, tfds_name, real_split)
       if cache is not None:
         cache[key] = source
     parts.append(grain.MapDataset.source(source))
   source = parts[0] if len(parts) == 1 else grain.MapDataset.concatenate(parts)
-  return source.map(preprocessors.to_python)
+  return source.map(mappers.to_python)
 
 
 def stream_seed(seed: int, task_name: str) -> int:
@@ -130,21 +159,21 @@ class FamilyStream(grain.DatasetIterator):
   """One task's family examples from a `grain.MapDataset` of raw records, with a grain state.
 
   Reads records by index (random access), maps each through the dataset's mapper (bad records
-  are dropped and counted by `preprocessors.DROP_COUNTER`), checks the results and yields them one at a
+  are dropped and counted by `mappers.DROP_COUNTER`), checks the results and yields them one at a
   time. `get_state()` is the position of the next example, `{'next_index': i, 'offset': j}`;
   `set_state` jumps there in constant time.
   """
 
   def __init__(self, records: grain.MapDataset, record: DatasetRecord, *,
                evaluation: bool = False, epoch_length: int | None = None,
-               mapper: preprocessors.Mapper | None = None):
+               mapper: mappers.Mapper | None = None):
     """Args:
       records: raw records (finite, or infinite for repeated training streams).
       record: the dataset's record (mapper, family checks, error messages).
       evaluation: use the dataset's evaluation mapper.
       epoch_length: records per epoch of a repeated `records` (a whole epoch without one
         example means the mapper rejects everything); default `len(records)`.
-      mapper: the dataset's mapper; default `preprocessors.mapper_for(record.slug, evaluation)`
+      mapper: the dataset's mapper; default `mappers.mapper_for(record.slug, evaluation)`
         (pass it where the registry of this process may not know the dataset: a dataset
         registered in another process).
     """
@@ -153,7 +182,7 @@ class FamilyStream(grain.DatasetIterator):
     self._record = record
     self._demo = record.source.startswith('demo:')  # Already family examples: no mapper.
     self._mapper = None if self._demo else (
-        mapper or preprocessors.mapper_for(record.slug, evaluation))
+        mapper or mappers.mapper_for(record.slug, evaluation))
     self._evaluation = evaluation  # Evaluation examples keep their extra fields (tasks.py).
     self._length = len(records)  # sys.maxsize for repeated datasets.
     self._epoch_length = epoch_length or self._length
@@ -168,9 +197,9 @@ class FamilyStream(grain.DatasetIterator):
 
   def _map(self, raw: dict) -> list[dict[str, Any]]:
     if self._demo:
-      return [preprocessors.check_family_example(raw, self._record, self._evaluation)]
-    examples = preprocessors.DROP_COUNTER.apply(self._record.slug, raw, self._mapper)
-    return [preprocessors.check_family_example(e, self._record, self._evaluation)
+      return [mappers.check_family_example(raw, self._record, self._evaluation)]
+    examples = mappers.DROP_COUNTER.apply(self._record.slug, raw, self._mapper)
+    return [mappers.check_family_example(e, self._record, self._evaluation)
             for e in examples]
 
   def __next__(self) -> dict[str, Any]:
@@ -190,7 +219,7 @@ class FamilyStream(grain.DatasetIterator):
     return example
 
   def _raise_all_dropped(self, empty: int) -> None:
-    counts = preprocessors.DROP_COUNTER.counts.get(self._record.slug, {})
+    counts = mappers.DROP_COUNTER.counts.get(self._record.slug, {})
     reasons = counts.get('dropped') or {'no examples': empty}
     raise AllRecordsDroppedError(
         f'{self._record.task_name}: the mapper of {self._record.source} dropped {empty} records '
@@ -222,14 +251,34 @@ class FamilyStream(grain.DatasetIterator):
       self._offset = offset
 
 
+class _Take:
+  """index -> records[index] (a picklable map function)."""
+
+  def __init__(self, records: grain.MapDataset):
+    self.records = records
+
+  def __call__(self, index: int):
+    return self.records[index]
+
+
 def _train_split(record: DatasetRecord, data_dir: str | None, fraction: float,
-                 cache: dict | None = None) -> grain.MapDataset:
-  """The dataset's train records, cut to the first `fraction` of them."""
+                 cache: dict | None = None, fraction_seed: int = 0) -> grain.MapDataset:
+  """The dataset's train records, cut to a seeded random `fraction` of them.
+
+  The subset is the first ceil(fraction x records) of one seeded permutation of the split
+  (`fraction_seed` and the task name, not the run's seed): every run seed and starting point
+  trains on the same low-resource split, and a smaller fraction's records are part of every
+  larger one's (the paper samples its low-resource splits at random, section 5.3).
+  """
   records = open_source(record, catalogue.TRAIN, data_dir, cache=cache)
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f'finetune.train_fraction must be in (0, 1], got {fraction}')
   if fraction < 1.0:
-    records = records[:max(1, math.ceil(fraction * len(records)))]
+    order = np.random.default_rng(stream_seed(fraction_seed, f'subset:{record.task_name}'))
+    chosen = order.permutation(len(records))[:max(1, math.ceil(fraction * len(records)))]
+    # An index list mapped onto the records (slicing a shuffled grain dataset and shuffling
+    # the slice again does not keep the slice in grain 0.2).
+    records = grain.MapDataset.source(chosen.tolist()).map(_Take(records))
   if not len(records):
     raise ValueError(f'{record.task_name}: the train split is empty')
   return records
@@ -237,7 +286,7 @@ def _train_split(record: DatasetRecord, data_dir: str | None, fraction: float,
 
 def train_records(record: DatasetRecord, shard_index: int, num_shards: int, *, seed: int,
                   data_dir: str | None = None, fraction: float = 1.0,
-                  cache: dict | None = None) -> grain.MapDataset:
+                  cache: dict | None = None, fraction_seed: int = 0) -> grain.MapDataset:
   """The endless raw-record order of one training stream.
 
   The split's records in a seeded global shuffle that changes every epoch (grain's
@@ -249,29 +298,36 @@ def train_records(record: DatasetRecord, shard_index: int, num_shards: int, *, s
     shard_index, num_shards: this stream's shard (the slot) and the number of shards (slots).
     seed: the run's seed (each task gets its own shuffle, `stream_seed`).
     data_dir: TFDS data dir.
-    fraction: train on the first `fraction` of the split's records (fine-tuning's
-      low-resource runs, `finetune.train_fraction`).
+    fraction: train on a seeded random `fraction` of the split's records (fine-tuning's
+      low-resource runs, `finetune.train_fraction`; see `_train_split`).
     cache: see `open_source`.
+    fraction_seed: which random subset `fraction` keeps (`finetune.fraction_seed`).
 
   Returns:
     A `grain.MapDataset` of (practically) infinite length.
   """
-  records = _train_split(record, data_dir, fraction, cache)
+  records = _train_split(record, data_dir, fraction, cache, fraction_seed)
   order = records.shuffle(seed=stream_seed(seed, record.task_name)).repeat()
   return shard_records(order, shard_index, num_shards)
 
 
 def train_stream(record: DatasetRecord, shard_index: int, num_shards: int, *, seed: int,
                  data_dir: str | None = None, fraction: float = 1.0,
-                 mapper: preprocessors.Mapper | None = None,
-                 cache: dict | None = None) -> FamilyStream:
+                 mapper: mappers.Mapper | None = None,
+                 cache: dict | None = None, fraction_seed: int = 0) -> FamilyStream:
   """One slot's endless stream of a dataset's training examples (see `train_records`)."""
   records = train_records(record, shard_index, num_shards, seed=seed, data_dir=data_dir,
-                          fraction=fraction, cache=cache)
+                          fraction=fraction, cache=cache, fraction_seed=fraction_seed)
   # About one epoch's share of records without a single example: the mapper rejects all.
-  split_length = len(_train_split(record, data_dir, fraction, cache))
+  split_length = train_split_size(record, data_dir=data_dir, fraction=fraction, cache=cache)
   return FamilyStream(records, record, epoch_length=max(1, split_length // num_shards),
                       mapper=mapper)
+
+
+def train_split_size(record: DatasetRecord, *, data_dir: str | None = None,
+                     fraction: float = 1.0, cache: dict | None = None) -> int:
+  """Records of the train split a run with `finetune.train_fraction=fraction` trains on."""
+  return len(_train_split(record, data_dir, fraction, cache))
 
 
 def _record(task: str | DatasetRecord) -> DatasetRecord:
@@ -303,13 +359,14 @@ class TrainStreamFactory:
   self-contained (records and mappers travel with it), for worker processes."""
 
   def __init__(self, task_names: Sequence[str], *, seed: int, data_dir: str | None = None,
-               fraction: float = 1.0):
+               fraction: float = 1.0, fraction_seed: int = 0):
     self.records = {name: _record(name) for name in task_names}
     self.mappers = {name: None if r.source.startswith('demo:') else
-                    preprocessors.mapper_for(r.slug) for name, r in self.records.items()}
+                    mappers.mapper_for(r.slug) for name, r in self.records.items()}
     self.seed = int(seed)
     self.data_dir = data_dir or None
     self.fraction = float(fraction)
+    self.fraction_seed = int(fraction_seed)
     self._sources = {}  # Opened TFDS data sources, shared by the streams of a task.
 
   def __getstate__(self):
@@ -318,4 +375,5 @@ class TrainStreamFactory:
   def __call__(self, task_name: str, shard_index: int, num_shards: int) -> FamilyStream:
     return train_stream(self.records[task_name], shard_index, num_shards, seed=self.seed,
                         data_dir=self.data_dir, fraction=self.fraction,
-                        mapper=self.mappers[task_name], cache=self._sources)
+                        mapper=self.mappers[task_name], cache=self._sources,
+                        fraction_seed=self.fraction_seed)

@@ -13,6 +13,8 @@ Importing this module registers (idempotently: importing again is a no-op):
     `muppet_demo`, `muppet_demo_encoder`: the embedded offline demo, with and without its
       summarization task;
   and, on request, `first_k_mixture(k)`: the first k tasks in the paper's order (section 5.1).
+A run's tasks are its mixture's, chosen by `select_tasks` (`data.num_tasks`: a seeded random
+subset that keeps `data.required_tasks`, without `data.excluded_tasks`).
 
 Splits. Every task has the canonical splits 'train' and 'validation', mapped to the dataset's
 real split names from the catalogue (e.g. RACE 'validation' -> 'dev', MNLI -> 'validation_
@@ -23,10 +25,10 @@ Training and evaluation do not read through seqio: they read the same TFDS data 
 random-access streams (`streams.py`) and apply the same mapper functions. The seqio Tasks are
 the registry, and the tf.data view for anyone who wants it: TFDS source (for HF-only datasets,
 the local builders of hf_builders.py) -> one dataset-level preprocessor that runs the dataset's
-python mapper (`preprocessors.MAPPERS[slug]`, raw example as plain python -> 0..n family
+python mapper (`mappers.MAPPERS[slug]`, raw example as plain python -> 0..n family
 examples; bad records are dropped and counted by the process-wide `DROP_COUNTER`) -> a `tf.data`
 dataset of family examples with a fixed signature per task (`example_signature`). The tasks
-have no `output_features` (tokenization happens in batching.py), so
+have no `output_features` (tokenization happens in batching), so
 `task.get_dataset(sequence_length=None, split=..., shuffle=False)` works. TFDS 4.9 reads tf.data
 only from a TFRecord preparation (`python -m muppet_jax.data.prepare` writes ArrayRecord; a
 TFRecord preparation it converted keeps both).
@@ -47,18 +49,19 @@ import seqio
 import tensorflow as tf
 from absl import logging
 
+from muppet_jax import errors
 from muppet_jax.data import catalogue
 from muppet_jax.data import demo
 from muppet_jax.data import hf_builders
-from muppet_jax.data import preprocessors
+from muppet_jax.data import mappers
 from muppet_jax.data.catalogue import TRAIN  # pylint: disable=unused-import  (public name)
 from muppet_jax.data.catalogue import VALIDATION  # pylint: disable=unused-import
 from muppet_jax.data.catalogue import DatasetRecord
 from muppet_jax.data.catalogue import UnknownNameError
 from muppet_jax.data.catalogue import split_map
-from muppet_jax.data.preprocessors import DROP_COUNTER
-from muppet_jax.data.preprocessors import check_family_example
-from muppet_jax.data.preprocessors import to_python
+from muppet_jax.data.mappers import DROP_COUNTER
+from muppet_jax.data.mappers import check_family_example
+from muppet_jax.data.mappers import to_python
 from muppet_jax.data.features import Family
 from muppet_jax.data.features import TaskTable
 from muppet_jax.data.vocab import HFVocabulary
@@ -66,17 +69,17 @@ from muppet_jax.data.vocab import HFVocabulary
 _TF_TYPES = {str: tf.TensorSpec([], tf.string), list: tf.TensorSpec([None], tf.string),
              int: tf.TensorSpec([], tf.int64)}
 
-# The tf.data element signature of each family's examples (preprocessors.FAMILY_FIELDS).
+# The tf.data element signature of each family's examples (mappers.FAMILY_FIELDS).
 FAMILY_SIGNATURES: Mapping[Family, Mapping[str, tf.TensorSpec]] = {
     family: {k: _TF_TYPES[t] for k, t in fields.items()}
-    for family, fields in preprocessors.FAMILY_FIELDS.items()}
+    for family, fields in mappers.FAMILY_FIELDS.items()}
 
 
 def example_signature(record: DatasetRecord,
                       evaluation: bool = False) -> dict[str, tf.TensorSpec]:
-  """The tf.data element signature of a task's family examples (`preprocessors.example_fields`:
+  """The tf.data element signature of a task's family examples (`mappers.example_fields`:
   the family's fields and the dataset's optional ones)."""
-  return {k: _TF_TYPES[t] for k, t in preprocessors.example_fields(record, evaluation).items()}
+  return {k: _TF_TYPES[t] for k, t in mappers.example_fields(record, evaluation).items()}
 
 
 MUPPET_ALL = 'muppet_all'
@@ -95,7 +98,7 @@ class MapToFamily:
   """seqio dataset-level preprocessor: raw TFDS examples -> family examples via a python mapper.
 
   Iterates the raw dataset as numpy, decodes it to plain python, calls the dataset's mapper
-  (`preprocessors.MAPPERS[slug]`) through `DROP_COUNTER` (bad records are dropped and
+  (`mappers.MAPPERS[slug]`) through `DROP_COUNTER` (bad records are dropped and
   counted), checks each result and re-emits it with `tf.data.Dataset.from_generator` and the
   family's fixed signature. A summary line of the task's drops is logged when a stream is
   exhausted or closed.
@@ -109,9 +112,9 @@ class MapToFamily:
 
   def __call__(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
     record = self._record
-    if record.slug not in preprocessors.MAPPERS:
+    if record.slug not in mappers.MAPPERS:
       raise ValueError(f'{record.task_name}: no mapper for {record.slug!r} in '
-                       'preprocessors.MAPPERS')
+                       'mappers.MAPPERS')
 
     def generate() -> Iterator[dict[str, Any]]:
       try:
@@ -254,17 +257,17 @@ def _register_task(record: DatasetRecord) -> None:
       record.task_name,
       source=_source(record),
       preprocessors=[] if is_demo else [MapToFamily(record)],
-      output_features={},  # Tokenization happens in batching.py.
+      output_features={},  # Tokenization happens in batching.
   )
 
 
-def register_dataset(record: DatasetRecord, mapper: preprocessors.Mapper | None = None) -> str:
+def register_dataset(record: DatasetRecord, mapper: mappers.Mapper | None = None) -> str:
   """Adds a dataset that is not in the catalogue: its seqio task `muppet_<slug>` and mapper.
 
   For your own data: describe it with a `catalogue.DatasetRecord` (a TFDS source
   'tfds:<name>:<version>' whose builder is registered with TFDS, family, classes, split names,
   sizes), give the function that maps one raw record to 0..n family examples
-  (preprocessors.py's module docstring has the formats), prepare it with
+  (mappers/formats.py has the formats), prepare it with
   `python -m muppet_jax.data.prepare`, then use `data.mixture=muppet_<slug>` or put the task
   into a mixture of your own (`seqio.MixtureRegistry.add`).
 
@@ -276,11 +279,11 @@ def register_dataset(record: DatasetRecord, mapper: preprocessors.Mapper | None 
   if known is not None and known != record:
     raise ValueError(f'task {record.task_name} is already registered with another record')
   if not record.source.startswith('demo:'):
-    if mapper is None and record.slug not in preprocessors.MAPPERS:
+    if mapper is None and record.slug not in mappers.MAPPERS:
       raise ValueError(f'{record.slug}: register_dataset needs a mapper (raw record -> family '
                        'examples)')
     if mapper is not None:
-      preprocessors.MAPPERS[record.slug] = mapper
+      mappers.MAPPERS[record.slug] = mapper
   _register_task(record)
   return record.task_name
 
@@ -323,7 +326,7 @@ class SeqioVocabulary(seqio.Vocabulary):
 
   seqio assumes pad = 0 and no BOS; this reports the tokenizer's real ids (RoBERTa `pad_id`
   is 1). muppet_jax itself never tokenizes through seqio (its tasks have no output features:
-  batching.py tokenizes); this is for users who want the tf.data view of the registry.
+  batching tokenizes); this is for users who want the tf.data view of the registry.
   """
 
   def __init__(self, vocab: HFVocabulary):
@@ -452,6 +455,82 @@ def mixture_tasks(mixture_name: str) -> list[tuple[str, float]]:
   return [(name, float(mixture.get_rate(seqio.TaskRegistry.get(name)))) for name in order]
 
 
+def resolve_task_name(name: str) -> str:
+  """A registered task name from a task name or a catalogue slug ('rte' -> 'muppet_rte').
+
+  Raises:
+    UnknownNameError: neither is registered (close matches named).
+  """
+  name = name.strip()
+  for candidate in (name, f'muppet_{name}'):
+    if candidate in _RECORDS_BY_TASK:
+      return candidate
+  raise _unknown('task', name, _RECORDS_BY_TASK)
+
+
+def parse_task_list(text: str) -> list[str]:
+  """Registered task names from a comma-separated list of names or slugs ('' -> [])."""
+  return [resolve_task_name(part) for part in text.split(',') if part.strip()]
+
+
+# Mixed into `select_tasks`' seed so that its draws are independent of other users of the
+# same small integers (the run seed, the sampler).
+_SUBSET_DOMAIN = 0x7A5C5
+
+
+class TaskSelectionError(errors.ConfigError):
+  """`data.num_tasks` / `data.required_tasks` / `data.excluded_tasks` do not fit the mixture."""
+
+
+def select_tasks(mixture: Sequence[tuple[str, float]], *, num_tasks: int = -1,
+                 required: Sequence[str] = (), excluded: Sequence[str] = (),
+                 seed: int = 0) -> list[tuple[str, float]]:
+  """The tasks of a run: `mixture` without `excluded`, then `num_tasks` of them.
+
+  The subset holds every `required` task and a seeded random choice of the others (paper
+  section 5.1 pre-finetunes on random subsets that always contain the fine-tuning targets;
+  section 5.2 on 35 random tasks). The others are drawn as one seeded permutation, of which
+  a subset of k takes the first k - len(required): with one seed, a larger subset contains
+  every smaller one (the paper's nesting). `seed=-1` takes the others in mixture order (the
+  first k). The result keeps the mixture's order and rates (task ids follow it).
+
+  Args:
+    mixture: [(task name, rate)] in the mixture's order.
+    num_tasks: -1 (every task left after `excluded`) or k >= 1.
+    required: task names every subset includes.
+    excluded: task names removed first (held-out fine-tuning tasks).
+    seed: the subset's seed (`data.subset_seed`), or -1.
+
+  Raises:
+    TaskSelectionError: a required task is excluded or not in the mixture, or k is smaller
+      than the required tasks or larger than the tasks available.
+  """
+  names = [name for name, _ in mixture]
+  excluded = set(excluded)
+  clash = sorted(excluded & set(required))
+  if clash:
+    raise TaskSelectionError(f'tasks {clash} are both required (data.required_tasks) and '
+                             'excluded (data.excluded_tasks); keep them in one list only')
+  missing = [t for t in required if t not in names]
+  if missing:
+    raise TaskSelectionError(f'required tasks {missing} (data.required_tasks) are not in the '
+                             f'mixture, whose tasks are {names}')
+  kept = [(name, rate) for name, rate in mixture if name not in excluded]
+  if num_tasks == -1:
+    return kept
+  if not len(set(required)) <= num_tasks <= len(kept):
+    raise TaskSelectionError(
+        f'data.num_tasks={num_tasks} must be between the {len(set(required))} required tasks '
+        f'and the {len(kept)} tasks of the mixture'
+        f'{" left after data.excluded_tasks" if excluded else ""}')
+  others = [name for name, _ in kept if name not in required]
+  if seed >= 0:
+    order = np.random.default_rng([int(seed), _SUBSET_DOMAIN]).permutation(len(others))
+    others = [others[i] for i in order]
+  chosen = set(required) | set(others[:num_tasks - len(set(required))])
+  return [(name, rate) for name, rate in kept if name in chosen]
+
+
 def task_table(mixture_name: str) -> TaskTable:
   """The run's TaskTable (task ids in the mixture's order) for a mixture."""
   records = [record_for_task(name) for name, _ in mixture_tasks(mixture_name)]
@@ -499,5 +578,5 @@ def first_k_mixture(k: int, family_filter: Family | Iterable[Family] | None = No
 
 
 def drop_counts() -> dict[str, dict[str, Any]]:
-  """Records kept and dropped so far, per dataset slug (see preprocessors.DropCounter)."""
+  """Records kept and dropped so far, per dataset slug (see mappers.DropCounter)."""
   return DROP_COUNTER.counts

@@ -1,7 +1,7 @@
 """A Hugging Face tokenizer with the fast batched API that batching, evaluation and export use.
 
 RoBERTa/BART tokenizers use `<s>`=0, `<pad>`=1, `</s>`=2: `HFVocabulary` reports the tokenizer's
-real ids (`pad_id` is 1 for RoBERTa), and batching.py pads with `pad_id` itself.
+real ids (`pad_id` is 1 for RoBERTa), and batching pads with `pad_id` itself.
 
 `encode` / `encode_batch` never add special tokens; the sub-batch builder lays out `<s>`,
 `</s>` itself (docs/ARCHITECTURE.md section 2). The class imports neither seqio nor TensorFlow,

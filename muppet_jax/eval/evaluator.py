@@ -208,7 +208,7 @@ def _score_labels(record: DatasetRecord, subs: Sequence[batching.SubBatch],
     if not all(groups):
       raise ValueError(f'{record.task_name}: metric {metric!r} groups answer options by '
                        "question, but some examples have no 'group' (its mapper must emit "
-                       'one; preprocessors.GROUPED)')
+                       'one; mappers.GROUPED)')
     kw['groups'] = groups
   scores = metrics_lib.compute(metric, predicted, labels, **kw)
   scores.setdefault('accuracy', metrics_lib.accuracy(predicted, labels))

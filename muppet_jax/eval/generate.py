@@ -55,6 +55,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from muppet_jax.models import bart
+from muppet_jax import sharding
 from muppet_jax.sharding import DATA
 
 Array = jax.Array
@@ -530,7 +531,8 @@ def make_generate_step(graphdef: nnx.GraphDef, config: GenerationConfig,
   # loop state becomes device-varying after the first step).
   sharded = jax.shard_map(per_device, mesh=mesh,
                           in_specs=(P(), P(), P(None, DATA), P(None, DATA), P(None, DATA)),
-                          out_specs=P(None, DATA), axis_names=frozenset({DATA}), check_vma=False)
+                          out_specs=P(None, DATA), axis_names=sharding.manual_axes(mesh),
+                          check_vma=False)
 
   def generate_step(params: nnx.State, rest: nnx.State, batch: dict[str, Array]) -> Array:
     return sharded(params, rest, batch['input_ids'], batch['segment_ids'],

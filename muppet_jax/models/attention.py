@@ -35,10 +35,15 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from muppet_jax.models import dropout as dropout_lib
+from muppet_jax.models.kernels import flash_attention
 
 Array = jax.Array
 Dtype = Any
@@ -56,6 +61,25 @@ _LARGE_NEGATIVE = -0.7 * float(np.finfo(np.float32).max)
 # ---------------------------------------------------------------------------------------------
 
 
+@flax.struct.dataclass
+class AttentionMask:
+  """Who may attend to whom, as segment ids (the form the fused kernels take).
+
+  Query i may attend to key j when `q_segments[i] == kv_segments[j] != 0` (and j <= i when
+  `causal`): packed rows attend within their segment, padding keys (0) never receive
+  attention, and a query of segment 0 attends to nothing (its softmax is then uniform over
+  the finite mask value, as before). `dense()` is the boolean `[B, 1, T, S]` form.
+  """
+
+  q_segments: Array  # [batch or 1, T] int32.
+  kv_segments: Array  # [batch or 1, S] int32.
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def dense(self) -> Array:
+    """`[batch or 1, 1, T, S]` bool, True = may attend."""
+    return flash_attention.dense_mask(self.q_segments, self.kv_segments, self.causal)
+
+
 def make_attention_mask(
     *,
     query_length: int,
@@ -64,8 +88,8 @@ def make_attention_mask(
     query_segment_ids: Array | None = None,
     key_segment_ids: Array | None = None,
     causal: bool = False,
-) -> Array | None:
-  """Builds a boolean attention mask (True = the query may attend to the key).
+) -> AttentionMask | None:
+  """The attention mask of a batch (True = the query may attend to the key).
 
   Args:
     query_length: T, number of queries.
@@ -79,25 +103,23 @@ def make_attention_mask(
     causal: queries attend only to keys at the same or an earlier index (query t <-> key t).
 
   Returns:
-    `[batch or 1, 1, T, S]` bool, or None when nothing is masked.
+    An `AttentionMask` (`.dense()`: `[batch or 1, 1, T, S]` bool), or None when nothing is
+    masked.
   """
-  mask = None
-
-  def conj(a: Array | None, b: Array) -> Array:
-    return b if a is None else jnp.logical_and(a, b)
-
-  if key_mask is not None:
-    mask = conj(mask, key_mask.astype(bool)[:, None, None, :])
   if (query_segment_ids is None) != (key_segment_ids is None):
     raise ValueError('query_segment_ids and key_segment_ids must be given together.')
+  if key_mask is None and query_segment_ids is None and not causal:
+    return None
   if query_segment_ids is not None:
-    same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
-    same = jnp.logical_and(same, key_segment_ids[:, None, :] > 0)
-    mask = conj(mask, same[:, None, :, :])
-  if causal:
-    tri = jnp.arange(query_length)[:, None] >= jnp.arange(key_length)[None, :]
-    mask = conj(mask, tri[None, None, :, :])
-  return mask
+    q = query_segment_ids.astype(jnp.int32)
+    kv = key_segment_ids.astype(jnp.int32)
+  else:  # One segment: every query, every key (but the masked ones).
+    batch = key_mask.shape[0] if key_mask is not None else 1
+    q = jnp.ones((batch, query_length), jnp.int32)
+    kv = jnp.ones((batch, key_length), jnp.int32)
+  if key_mask is not None:
+    kv = jnp.where(key_mask.astype(bool), kv, 0)
+  return AttentionMask(q_segments=q, kv_segments=kv, causal=causal)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,15 +137,26 @@ def merge_heads(x: Array) -> Array:
   return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
 
 
+# `model.attention`: how attention is computed.
+IMPLEMENTATIONS = ('auto', 'xla', 'pallas', 'cudnn')
+
+
+def check_implementation(implementation: str) -> str:
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f'model.attention must be one of {IMPLEMENTATIONS}, got '
+                     f'{implementation!r}.')
+  return implementation
+
+
 def dot_product_attention(
     query: Array,
     key: Array,
     value: Array,
-    mask: Array | None,
+    mask: AttentionMask | Array | None,
     *,
-    dropout: nnx.Dropout | None = None,
+    dropout: dropout_lib.Dropout | None = None,
     deterministic: bool = True,
-    implementation: str | None = None,
+    implementation: str = 'xla',
 ) -> Array:
   """Scaled dot-product attention, scale `head_dim ** -0.5` (as HF RoBERTa and BART).
 
@@ -133,35 +166,131 @@ def dot_product_attention(
     query: `[batch, T, heads, head_dim]`.
     key: `[batch, S, heads, head_dim]`.
     value: `[batch, S, heads, head_dim]`.
-    mask: bool, broadcastable to `[batch, heads, T, S]`, True = attend; or None.
+    mask: an `AttentionMask`, a bool array broadcastable to `[batch, heads, T, S]` (True =
+      attend; the XLA path only), or None.
     dropout: dropout on the attention probabilities (HF `attention_probs_dropout_prob` /
       `attention_dropout`), applied only when `deterministic` is False.
     deterministic: no dropout when True.
-    implementation: passed to `jax.nn.dot_product_attention` (None = let JAX choose, 'xla',
-      'cudnn').
+    implementation: 'xla' (XLA's fused attention when there is no dropout, else the explicit
+      float32 softmax path), 'pallas' (the flash kernel with in-kernel dropout,
+      `kernels/flash_attention.py`: compiled on TPU, in Pallas' interpret mode elsewhere),
+      'cudnn' (cuDNN's fused attention, GPU only) or 'auto' (the kernel where the program is
+      lowered for TPU, 'xla' everywhere else; chosen at lowering, so `--mode compile` for a
+      TPU slice gets the kernel on a CPU host).
 
   Returns:
     `[batch, T, heads, head_dim]` in the dtype of `query`.
   """
-  if deterministic or dropout is None or dropout.rate == 0.0:
+  rate = 0.0 if deterministic or dropout is None else float(dropout.rate)
+  key_for_dropout = dropout.next_key() if rate > 0 else None
+  if implementation == 'xla' or not isinstance(mask, (AttentionMask, type(None))):
+    return _xla_attention(query, key, value, mask, rate, key_for_dropout)
+  if implementation == 'cudnn':
+    return _cudnn_attention(query, key, value, mask, rate)
+  flash = functools.partial(_flash_attention, query, key, value, mask, rate, key_for_dropout)
+  if implementation == 'auto' and _free_axes():
+    # A tensor-parallel mesh axis XLA partitions: the kernel would need its own shard_map
+    # inside the step's; 'auto' keeps XLA's attention there ('pallas' tries the nested one).
+    return _xla_attention(query, key, value, mask, rate, key_for_dropout)
+  if implementation == 'pallas':
+    return jax.lax.platform_dependent(tpu=functools.partial(flash, interpret=False),
+                                      default=functools.partial(flash, interpret=True))
+  return jax.lax.platform_dependent(  # 'auto'
+      tpu=functools.partial(flash, interpret=False),
+      default=lambda: _xla_attention(query, key, value, mask, rate, key_for_dropout))
+
+
+def set_implementation(model: nnx.Module, implementation: str) -> None:
+  """Sets `model.attention` on every attention layer of `model` (modules that have an
+  `implementation` attribute)."""
+  check_implementation(implementation)
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, nnx.Module) and hasattr(module, 'implementation'):
+      module.implementation = implementation
+
+
+def _xla_attention(query, key, value, mask, rate: float, dropout_key) -> Array:
+  dense = mask.dense() if isinstance(mask, AttentionMask) else mask
+  if rate == 0.0:
     # Fused path: XLA/cuDNN may pick a flash-attention kernel. Fully masked query rows get a
     # uniform softmax over a finite large negative, never NaN.
-    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
-  # Training with attention dropout: the fused kernels have no dropout, so spell it out. Keep the
-  # same numerics as the fused XLA path (float32 logits and softmax, finite mask value). Heads
-  # go first ([batch, heads, length, head_dim]) so both products are plain batched matmuls, and
-  # the scale multiplies the queries rather than the T x S logits: together ~25% less time for
-  # this block's forward and backward on CPU than einsums over [batch, length, heads, head_dim]
-  # (bench/README.md).
+    return jax.nn.dot_product_attention(query, key, value, mask=dense)
+  # Training with attention dropout: jax.nn.dot_product_attention has no dropout, so spell it
+  # out. Keep the same numerics as the fused XLA path (float32 logits and softmax, finite mask
+  # value). Heads go first ([batch, heads, length, head_dim]) so both products are plain
+  # batched matmuls, and the scale multiplies the queries rather than the T x S logits:
+  # together ~25% less time for this block's forward and backward on CPU than einsums over
+  # [batch, length, heads, head_dim] (bench/README.md).
   scale = query.shape[-1] ** -0.5
   q, k, v = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))  # [B, N, T|S, H]
   logits = jnp.matmul(q * jnp.asarray(scale, q.dtype), jnp.swapaxes(k, -1, -2),
                       preferred_element_type=jnp.float32)  # [B, N, T, S]
-  if mask is not None:
-    logits = jnp.where(mask, logits, _LARGE_NEGATIVE)
+  if dense is not None:
+    logits = jnp.where(dense, logits, _LARGE_NEGATIVE)
   probs = jax.nn.softmax(logits, axis=-1)
-  probs = dropout(probs, deterministic=False).astype(value.dtype)
+  probs = dropout_lib.apply(probs, dropout_key, rate).astype(value.dtype)
   return jnp.swapaxes(jnp.matmul(probs, v), 1, 2)
+
+
+def _flash_attention(query, key, value, mask, rate: float, dropout_key, *,
+                     interpret: bool) -> Array:
+  batch, q_len = query.shape[:2]
+  kv_len = key.shape[1]
+  if mask is None:
+    mask = AttentionMask(q_segments=jnp.ones((batch, q_len), jnp.int32),
+                         kv_segments=jnp.ones((batch, kv_len), jnp.int32))
+  q_segments = jnp.broadcast_to(mask.q_segments, (batch, q_len))
+  kv_segments = jnp.broadcast_to(mask.kv_segments, (batch, kv_len))
+  # The kernel's layout, length minor: [B, N, H, T|S]. XLA writes it straight from the q/k/v
+  # projections' matmuls (and reads the output's transpose straight into the out projection).
+  q, k, v = (jnp.transpose(x, (0, 2, 3, 1)) for x in (query, key, value))
+  seed = (jnp.zeros((2,), jnp.int32) if dropout_key is None
+          else flash_attention.seed_from_key(dropout_key))
+
+  def kernel(q, k, v, q_segments, kv_segments, seed):
+    return flash_attention.flash_attention(
+        q, k, v, q_segments, kv_segments, causal=mask.causal, dropout_rate=rate, seed=seed,
+        interpret=interpret)
+
+  out = _manual(kernel, q, k, v, q_segments, kv_segments, seed)
+  return jnp.transpose(out, (0, 3, 1, 2))  # -> [B, T, N, H]
+
+
+def _free_axes() -> tuple[str, ...]:
+  """The mesh axes of the current context that are not manual (and have > 1 device)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return ()
+  return tuple(a for a in mesh.axis_names if a not in mesh.manual_axes and mesh.shape[a] > 1)
+
+
+def _manual(kernel, q, k, v, q_segments, kv_segments, seed):
+  """Runs `kernel` where every mesh axis is manual: a Pallas TPU kernel cannot be partitioned
+  by XLA. Inside the train step's shard_map only `data` is manual; the other axes (`model`)
+  become manual here, heads split over `model` as the projections' logical axes put them
+  (replicated when `model` does not divide the heads)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  free = _free_axes()
+  if not free:
+    return kernel(q, k, v, q_segments, kv_segments, seed)
+  heads = 'model' if ('model' in free and q.shape[1] % mesh.shape['model'] == 0) else None
+  qkv = P(None, heads, None, None)
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, P(), P(), P()),
+                       out_specs=qkv, axis_names=frozenset(free))(
+                           q, k, v, q_segments, kv_segments, seed)
+
+
+def _cudnn_attention(query, key, value, mask, rate: float) -> Array:
+  """cuDNN's fused attention (GPU). JAX 0.10 takes cuDNN's dropout seed as a compile-time
+  constant, so every call of a compiled step would draw the same mask: with dropout this
+  raises instead (use 'auto'/'xla' for training with attention dropout on GPU)."""
+  if rate > 0:
+    raise ValueError(
+        "model.attention='cudnn' cannot train with attention dropout: JAX's cuDNN attention "
+        'takes the dropout seed as a compile-time constant (the same mask at every step). Use '
+        "model.attention='auto' (or 'xla'), or model.attention_dropout=0.")
+  dense = mask.dense() if isinstance(mask, AttentionMask) else mask
+  return jax.nn.dot_product_attention(query, key, value, mask=dense, implementation='cudnn')
 
 
 # ---------------------------------------------------------------------------------------------

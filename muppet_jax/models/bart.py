@@ -106,6 +106,7 @@ class BartAttention(nnx.Module):
     self.q_proj = attention.dense(d_model, d_model, ('embed', 'heads'), **kw)
     self.out_proj = attention.dense(d_model, d_model, ('heads', 'embed'), **kw)
     self.dropout = dropout_lib.Dropout(dropout, rngs=rngs)
+    self.implementation = 'xla'  # `model.attention`; set by `attention.set_implementation`.
 
   def project_kv(self, source: Array) -> KVCache:
     """`[B, S, H]` -> keys and values `[B, S, heads, head_dim]`."""
@@ -117,7 +118,8 @@ class BartAttention(nnx.Module):
     """Queries from `hidden` `[B, T, H]` over `kv`; returns `[B, T, H]` (after out_proj)."""
     q = attention.split_heads(self.q_proj(hidden), self.num_heads)
     ctx = attention.dot_product_attention(q, kv.key, kv.value, mask, dropout=self.dropout,
-                                          deterministic=deterministic)
+                                          deterministic=deterministic,
+                                          implementation=self.implementation)
     return self.out_proj(attention.merge_heads(ctx))
 
   def __call__(self, hidden: Array, source: Array, mask: Array | None, *,
@@ -331,6 +333,7 @@ class BartModel(nnx.Module):
       param_dtype: Dtype = jnp.float32,
       remat: str = 'none',
       scan_layers: bool = False,
+      attention_implementation: str = 'xla',
       rngs: nnx.Rngs,
   ):
     """Builds a randomly initialised model (HF init: N(0, init_std), zero biases).
@@ -343,6 +346,8 @@ class BartModel(nnx.Module):
       remat: per-layer rematerialisation, 'none' | 'full' | 'dots_saveable'.
       scan_layers: stack each stack's layer parameters on a leading axis and run them with a
         scan (one compiled layer body per stack whatever the depth); same numerics, HF names.
+      attention_implementation: `model.attention` ('auto', 'xla', 'pallas', 'cudnn'; see
+        `attention.dot_product_attention`). Incremental decoding always uses 'xla'.
       rngs: `nnx.Rngs`; `params` (or `default`) initialises, `dropout` (or `default`) seeds the
         dropout streams stored on the module.
     """
@@ -358,6 +363,7 @@ class BartModel(nnx.Module):
     self.decoder = BartDecoder(hf_config, remat=remat, scan_layers=scan_layers, **kw)
     self.final_logits_bias = Buffer(jnp.zeros((hf_config.vocab_size,), param_dtype),
                                     out_sharding=('vocab',), eager_sharding=False)
+    attention.set_implementation(self, attention_implementation)
 
   def embed_tokens(self, input_ids: Array) -> Array:
     """Raw shared-embedding lookup `[B, L]` -> `[B, L, H]`, before `embed_scale` (R3F hook)."""

@@ -11,8 +11,10 @@ unbiased (E[output] = input).
 
 The generator draws whole words along the last axis, in several independent pieces along the
 first axis (separate keys): XLA:CPU runs independent random-number ops on different cores,
-while one large op runs on one (measured in bench/README.md); on accelerators the pieces fuse
-as one op would. The masks depend only on the key and the shape, never on the device layout.
+while one large op runs on one (measured in bench/README.md). With the hardware generator
+(`train.rng_impl` 'rbg', the default on TPU and GPU) the generator is cheap and the traffic is
+what counts: it draws one 16-bit word per position directly, the same resolution. The masks
+depend only on the key and the shape, never on the device layout.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from flax import nnx
 _LEVELS = 1 << 16
 # Independent generator pieces along the first axis (see the module docstring).
 _PIECES = 8
+# Key implementations that are a hardware generator (XLA's RngBitGenerator): rng.py.
+_HARDWARE_IMPLS = ('rbg', 'unsafe_rbg')
 
 
 def quantized_rate(rate: float) -> float:
@@ -50,6 +54,14 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     scalar = True
   else:
     scalar = False
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if typed and str(jax.random.key_impl(key)) in _HARDWARE_IMPLS:
+    # The accelerator's generator (train.rng_impl rbg / unsafe_rbg): 16-bit words straight
+    # from it, one per position, which XLA reads into the consumer's fusion; splitting 32-bit
+    # words into halves would write and read the words, the halves and the mask in HBM.
+    bits = jax.random.bits(key, shape, jnp.uint16)
+    keep = bits >= jnp.uint16(round(rate * _LEVELS))
+    return keep[0] if scalar else keep
   last = shape[-1]
   words_shape = tuple(shape[:-1]) + ((last + 1) // 2,)
   lead = words_shape[0]
@@ -63,9 +75,33 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
   return keep[0] if scalar else keep
 
 
+def apply(inputs: jax.Array, key: jax.Array, rate: float) -> jax.Array:
+  """`inputs` with each value dropped with probability `quantized_rate(rate)` (the mask from
+  `key`), the rest scaled by the inverse of the keep probability."""
+  if rate == 0.0:
+    return inputs
+  if rate == 1.0:  # Avoid 0/0 in the scale (and NaN gradients).
+    return jnp.zeros_like(inputs)
+  keep = keep_mask(key, rate, inputs.shape)
+  scale = 1.0 / (1.0 - quantized_rate(rate))
+  return jnp.where(keep, inputs * jnp.asarray(scale, inputs.dtype), jnp.zeros_like(inputs))
+
+
 class Dropout(nnx.Dropout):
   """`nnx.Dropout` (same constructor, RNG streams and `deterministic` handling) with the
   half-bits mask of `keep_mask`. Rates are quantized to multiples of 2^-16."""
+
+  def next_key(self, rngs=None) -> jax.Array:
+    """The next key of this layer's RNG stream: what `__call__` draws its mask from (the
+    fused attention kernel draws its own mask from it instead)."""
+    rngs = self.rngs if rngs is None else rngs
+    if rngs is None:
+      raise ValueError('Dropout is active but has no `rngs` (constructor or call).')
+    if isinstance(rngs, nnx.Rngs):
+      return rngs[self.rng_collection]()
+    if isinstance(rngs, nnx.RngStream):
+      return rngs()
+    return rngs
 
   def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None) -> jax.Array:
     deterministic = self.deterministic if deterministic is None else deterministic
@@ -75,15 +111,7 @@ class Dropout(nnx.Dropout):
       return inputs
     if self.rate == 1.0:  # Avoid 0/0 in the scale (and NaN gradients).
       return jnp.zeros_like(inputs)
-    rngs = self.rngs if rngs is None else rngs
-    if rngs is None:
-      raise ValueError('Dropout is active but has no `rngs` (constructor or call).')
-    if isinstance(rngs, nnx.Rngs):
-      key = rngs[self.rng_collection]()
-    elif isinstance(rngs, nnx.RngStream):
-      key = rngs()
-    else:
-      key = rngs
+    key = self.next_key(rngs)
     shared = {d % inputs.ndim for d in self.broadcast_dims}
     mask_shape = tuple(1 if d in shared else n for d, n in enumerate(inputs.shape))
     keep = jnp.broadcast_to(keep_mask(key, self.rate, mask_shape), inputs.shape)

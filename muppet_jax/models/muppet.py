@@ -244,7 +244,9 @@ def build_model(config: ml_collections.ConfigDict, hf_config: transformers.Pretr
   if backbone is None:
     backbone = hf.build(hf_config, dtype=dtype, param_dtype=param_dtype,
                         remat=config.model.remat,
-                        scan_layers=config.model.get('scan_layers', False), rngs=rngs)
+                        scan_layers=config.model.get('scan_layers', False),
+                        attention_implementation=config.model.get('attention', 'xla'),
+                        rngs=rngs)
   init_std = hf_config.initializer_range if model_type == 'roberta' else hf_config.init_std
   # One rate for every classification and multiple-choice head, from the experiment config,
   # whatever the checkpoint's `classifier_dropout` / `hidden_dropout_prob` say: 0.0 (fairseq's

@@ -116,13 +116,16 @@ class RobertaSelfAttention(nnx.Module):
     self.key = attention.dense(h, h, ('embed', 'heads'), **kw)
     self.value = attention.dense(h, h, ('embed', 'heads'), **kw)
     self.dropout = dropout_lib.Dropout(config.attention_probs_dropout_prob, rngs=rngs)
+    self.implementation = 'xla'  # `model.attention`; set by `attention.set_implementation`.
 
-  def __call__(self, hidden: Array, mask: Array | None, *, deterministic: bool) -> Array:
+  def __call__(self, hidden: Array, mask: attention.AttentionMask | None, *,
+               deterministic: bool) -> Array:
     q = attention.split_heads(self.query(hidden), self.num_heads)
     k = attention.split_heads(self.key(hidden), self.num_heads)
     v = attention.split_heads(self.value(hidden), self.num_heads)
     ctx = attention.dot_product_attention(
-        q, k, v, mask, dropout=self.dropout, deterministic=deterministic)
+        q, k, v, mask, dropout=self.dropout, deterministic=deterministic,
+        implementation=self.implementation)
     return attention.merge_heads(ctx)
 
 
@@ -259,6 +262,7 @@ class RobertaModel(nnx.Module):
       param_dtype: Dtype = jnp.float32,
       remat: str = 'none',
       scan_layers: bool = False,
+      attention_implementation: str = 'xla',
       rngs: nnx.Rngs,
   ):
     """Builds a randomly initialised model (HF init: N(0, initializer_range), zero biases).
@@ -270,6 +274,8 @@ class RobertaModel(nnx.Module):
       remat: per-layer rematerialisation, 'none' | 'full' | 'dots_saveable'.
       scan_layers: stack the layers' parameters on a leading axis and run them with a scan
         (one compiled layer body whatever the depth); same numerics and HF names.
+      attention_implementation: `model.attention` ('auto', 'xla', 'pallas', 'cudnn'; see
+        `attention.dot_product_attention`).
       rngs: `nnx.Rngs`; `params` (or `default`) initialises, `dropout` (or `default`) seeds the
         dropout streams stored on the module.
     """
@@ -280,6 +286,7 @@ class RobertaModel(nnx.Module):
     self.embeddings = RobertaEmbeddings(hf_config, **kw)
     self.encoder = RobertaEncoder(hf_config, remat=remat, scan_layers=scan_layers, **kw)
     self.pooler = RobertaPooler(hf_config, **kw)
+    attention.set_implementation(self, attention_implementation)
 
   def embed_tokens(self, input_ids: Array) -> Array:
     """Raw token-embedding lookup `[B, L]` -> `[B, L, H]` (parameter dtype); the R3F hook input."""

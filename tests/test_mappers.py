@@ -1,4 +1,4 @@
-"""Tests of muppet_jax/data/preprocessors.py.
+"""Tests of the dataset mappers (muppet_jax/data/mappers/).
 
 Every mapper is run on a hand-written record in its dataset's real field format (TFDS 4.9.10
 features, or the HF card for the HF-only datasets), decoded the way the seqio tasks pass it:
@@ -13,8 +13,9 @@ import random
 
 import pytest
 
-from muppet_jax.data import preprocessors as pp
-from muppet_jax.data.preprocessors import BadRecord, DropCounter, MAPPERS
+from muppet_jax.data.mappers import BadRecord, DropCounter, MAPPERS
+from muppet_jax.data.mappers import classification
+from muppet_jax.data.mappers import multiple_choice
 
 # Slugs the tests below cover; test_every_mapper_is_tested keeps it honest.
 _TESTED: set[str] = set()
@@ -196,7 +197,7 @@ def test_classification_bad_records():
 
 
 def test_num_classes_covers_classification_mappers():
-  for slug, n in pp.NUM_CLASSES.items():
+  for slug, n in classification.NUM_CLASSES.items():
     assert slug in MAPPERS and n >= 2
 
 
@@ -356,14 +357,15 @@ def test_math_qa_options_with_commas():
 
 
 def test_math_qa_parser_edge_cases():
+  parse = multiple_choice.parse_math_qa_options
   # A letter followed by ')' inside an option, and commas inside options.
-  assert pp.parse_math_qa_options('a ) ( a + b ) / 2 , b ) 3 , c ) 1,000 , d ) 9 , e ) 7') == [
+  assert parse('a ) ( a + b ) / 2 , b ) 3 , c ) 1,000 , d ) 9 , e ) 7') == [
       '( a + b ) / 2', '3', '1,000', '9', '7']
-  assert pp.parse_math_qa_options("['a ) 38', 'b ) 27.675', 'c ) 30', 'd ) 0', 'e ) 21']") == [
+  assert parse("['a ) 38', 'b ) 27.675', 'c ) 30', 'd ) 0', 'e ) 21']") == [
       '38', '27.675', '30', '0', '21']
-  assert pp.parse_math_qa_options('a ) 5 b ) 6 c ) 7 d ) 8 e ) 9') == ['5', '6', '7', '8', '9']
+  assert parse('a ) 5 b ) 6 c ) 7 d ) 8 e ) 9') == ['5', '6', '7', '8', '9']
   with pytest.raises(BadRecord):
-    pp.parse_math_qa_options('38 , 27')
+    parse('38 , 27')
 
 
 def test_math_qa_bad_records():
@@ -610,7 +612,7 @@ def test_num_classes_match_catalogue():
   by_slug = {r.slug: r for r in _catalogue_records()}
   for slug, record in by_slug.items():
     if record.family == Family.CLASSIFICATION and record.train_size > 0:
-      assert pp.NUM_CLASSES.get(slug) == record.num_classes, slug
+      assert classification.NUM_CLASSES.get(slug) == record.num_classes, slug
 
 
 def test_every_mapper_is_tested(request):
@@ -619,6 +621,6 @@ def test_every_mapper_is_tested(request):
   module_items = [i for i in request.session.items if i.module is request.module]
   defined = [n for n in globals() if n.startswith('test_')]
   if len({i.originalname for i in module_items}) < len(defined):
-    pytest.skip('only part of test_preprocessors.py selected')
+    pytest.skip('only part of test_mappers.py selected')
   untested = sorted(set(MAPPERS) - _TESTED)
   assert not untested, f'mappers without a hand-written record test: {untested}'
