@@ -21,7 +21,9 @@ prints one line,
   error: process 1 of 4 was lost at step 57: no heartbeat for 60 s (...); ...
 
 and exits at once with status `LOST_PROCESS_EXIT_CODE` (75, EX_TEMPFAIL: try again), wherever
-its main thread is waiting. Every other process does the same within a few seconds. When a
+its main thread is waiting. Every other process does the same within a few seconds; process 0,
+which hosts the coordination service, goes last, once the others have said they are leaving
+(its end would abort them before they can print the line). When a
 collective fails first (gloo), the trainer's exception waits for that verdict (at most the
 heartbeat timeout) instead of being reported as what it seems to be. A process that ends
 normally (finished, or stopped at a preemption sync point) marks its heartbeat done, so that
@@ -56,6 +58,7 @@ from absl import logging
 LOST_PROCESS_EXIT_CODE = 75
 _KEY_PREFIX = 'muppet/heartbeat'
 _DONE = 'done'
+_LEAVING = 'leaving'  # Written by a process that read the verdict, just before it exits.
 _VERDICT = 'lost'  # The key under which the first process to find one lost says so.
 # Messages of failed collectives and coordination-service calls: a process may have been lost.
 _PEER_FAILURE = re.compile(r'gloo|nccl|connection reset|socket closed|not connected|broken pipe|'
@@ -178,7 +181,11 @@ class PeerWatch:
     self._peers = {p: _Peer(changed=now) for p in range(self.count) if p != self.process}
     self._store_ok = now  # Last time the key-value store answered.
     self._store_error = ''
-    self._verdict = threading.Event()
+    # Process 0 holds its verdict here until the others have left (`_report`).
+    self._pending: str | None = None
+    self._leave_by = 0.0
+    self._verdict = threading.Event()  # Set when a process was found lost.
+    self._reported = threading.Event()  # Set once `on_lost` has been called.
     self._stopped = threading.Event()
     self._thread: threading.Thread | None = None
 
@@ -192,6 +199,8 @@ class PeerWatch:
                                allow_overwrite=True)
       entries = self.store.key_value_dir_get(self._prefix)
     except Exception as e:  # pylint: disable=broad-except  (judged below, by how long it lasts)
+      if self._pending is not None:  # The others cannot be waited for: go now.
+        return self._leave()
       self._store_error = ' '.join(str(e).split())[:200] or type(e).__name__
       if now - self._store_ok > self.timeout_s:
         return self._report(coordinator_lost_message(self.step, now - self._store_ok,
@@ -200,20 +209,28 @@ class PeerWatch:
     self._store_ok = now
     for key, value in entries:
       name = key.rstrip('/').rsplit('/', 1)[-1]
-      if name == _VERDICT:  # Another process found one lost: the same line, at once.
+      if name == _VERDICT and self._pending is None:  # Another process found one lost.
         return self._report(value)
       peer = self._peers.get(int(name)) if name.isdigit() else None
       if peer is not None and value != peer.value:
         peer.value, peer.changed = value, now
+    if self._pending is not None:
+      return self._leave_if_alone(now)
     for process, peer in sorted(self._peers.items()):
       if peer.value != _DONE and now - peer.changed > self.timeout_s:
         return self._report(lost_message(process, self.count, self.step, now - peer.changed))
     return None
 
-  def _report(self, message: str) -> str:
+  def _report(self, message: str) -> str | None:
     """Publishes the verdict (so that every process stops with the same line, within a beat)
-    and hands it to `on_lost`. Process 0 hosts the coordination service: it gives the others
-    two beats to read the verdict before it goes (they would be ended by JAX otherwise)."""
+    and hands it to `on_lost`.
+
+    Process 0 hosts the coordination service: when it exits, JAX ends every process still
+    connected (SIGABRT) before that process can print its line. So process 0 keeps its verdict
+    until every other live process has said it is leaving (a fixed grace period is too short
+    on a loaded host), at most `leave_timeout_s`; its later beats decide (`_leave_if_alone`).
+    The others write that they are leaving, then go.
+    """
     if self._verdict.is_set():
       return message
     self._verdict.set()
@@ -221,9 +238,34 @@ class PeerWatch:
       self.store.key_value_set(f'{self._prefix}{_VERDICT}', message, allow_overwrite=True)
     except Exception:  # pylint: disable=broad-except  (each process still judges by itself)
       pass
-    if self.process == 0 and self.count > 2:
-      self._stopped.wait(2 * self.interval_s)
+    if self.process == 0:
+      self._pending, self._leave_by = message, self._clock() + self.leave_timeout_s
+      return self._leave_if_alone(self._clock())
+    try:
+      self.store.key_value_set(f'{self._prefix}{self.process}', _LEAVING, allow_overwrite=True)
+    except Exception:  # pylint: disable=broad-except  (process 0 then waits out its timeout)
+      pass
+    self._pending = message
+    return self._leave()
+
+  @property
+  def leave_timeout_s(self) -> float:
+    """How long process 0 waits for the others to leave after a verdict (a frozen process
+    never does)."""
+    return max(2 * self.interval_s, min(self.timeout_s, 30.0))
+
+  def _leave_if_alone(self, now: float) -> str | None:
+    """Process 0 with a verdict: leaves once no live process is still connected."""
+    waiting = [p for p, peer in self._peers.items()
+               if peer.value not in (_LEAVING, _DONE) and now - peer.changed <= self.timeout_s]
+    if waiting and now < self._leave_by:
+      return None
+    return self._leave()
+
+  def _leave(self) -> str:
+    message, self._pending = self._pending, None
     self._on_lost(message)
+    self._reported.set()
     return message
 
   def start(self) -> 'PeerWatch':
@@ -232,16 +274,20 @@ class PeerWatch:
     return self
 
   def _run(self) -> None:
-    while not self._stopped.wait(self.interval_s if self._counter else 0.0):
+    while not self._stopped.wait(
+        (0.25 if self._pending is not None else self.interval_s) if self._counter else 0.0):
       try:
         self.beat()
       except Exception:  # pylint: disable=broad-except  (the watch must never kill the run)
         logging.exception('peer watch: a heartbeat round failed')
 
   def wait_for_verdict(self, seconds: float) -> bool:
-    """Blocks until a process is found lost (True; by default this process has then exited)
-    or `seconds` passed (False)."""
-    return self._verdict.wait(seconds)
+    """Blocks until a process is found lost and reported (True; by default this process has
+    then exited) or `seconds` passed without a verdict (False)."""
+    if not self._verdict.wait(seconds):
+      return False
+    self._reported.wait(self.leave_timeout_s + 2 * self.interval_s)
+    return True
 
   def stop(self, *, done: bool) -> None:
     """Stops the heartbeat; `done`: this process ended normally (others will not wait for it)."""

@@ -90,6 +90,39 @@ def test_a_process_whose_heartbeat_stops_is_named_with_the_step():
     assert '\n' not in message
 
 
+def test_process_0_leaves_only_after_the_others_or_its_timeout():
+  """Process 0 hosts the coordination service, whose end aborts every process still connected:
+  with a verdict it waits until each live process has said it is leaving, or until
+  leave_timeout_s when one never does (frozen)."""
+  for frozen in (False, True):
+    store, clock, watches, reports = _watches(4, timeout_s=10.0)
+    for _ in range(2):  # Process 2's last beat comes first: all see it at the same time.
+      for p in (2, 0, 1, 3):
+        watches[p].beat()
+      clock.now += 1.0
+    while not any(key.endswith('/lost') for key in store.values):  # Process 2 falls silent.
+      clock.now += 1.0
+      for p in (0, 1, 3):
+        watches[p].beat()
+        if p == 0 and any(key.endswith('/lost') for key in store.values):
+          break  # Process 0 found it first; the others have not read the verdict yet.
+    assert not reports  # Process 0 holds its verdict.
+    if not frozen:
+      watches[1].beat()  # Reads the verdict, says it leaves, goes.
+      assert 0 not in reports and 1 in reports
+      watches[0].beat()
+      assert 0 not in reports  # Process 3 is still connected.
+      watches[3].beat()
+      assert watches[0].beat() == reports[0] == reports[1] == reports[3]
+    else:  # Process 3 frozen as well: process 0 goes after leave_timeout_s.
+      watches[1].beat()
+      clock.now += watches[0].leave_timeout_s - 1.0
+      assert watches[0].beat() is None and 0 not in reports
+      clock.now += 1.5
+      assert watches[0].beat() == reports[0]
+    assert reports[0].startswith('process 2 of 4 was lost')
+
+
 def test_a_slow_peer_is_not_lost_and_a_finished_one_is_never_waited_for():
   store, clock, watches, reports = _watches(2, timeout_s=10.0)
   for second in range(60):
