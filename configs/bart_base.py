@@ -34,4 +34,9 @@ def get_config():
   c.train.r3f.noise = 'normal'  # Seq2seq default of the authors' R3F code.
   c.train.r3f.one_pass = True  # Clean and noised inputs as one doubled batch (same gradients).
   c.optim.learning_rate = 6e-5
+  # ZeRO-1: each data replica keeps and updates 1/D of the Adam moments. Not for memory (the
+  # replicated state fits) but for bytes: replicated AdamW reads and writes every float32
+  # parameter, gradient and moment on every device, each update. On v5e-64 it cuts the
+  # step's bytes by a quarter or more (docs/COMPILE.md).
+  c.optim.shard_moments = True
   return config_lib.lock(c)

@@ -164,6 +164,41 @@ def test_hand_counted_module():
   assert a.top[0].source == 'roberta.py:174 RobertaIntermediate.__call__'
 
 
+# Memory-space assignment on TPU: a prefetch of a weight into on-chip memory (S(1)), its use
+# there, and an eviction of a result back to HBM; a slice prefetched the same way.
+ASYNC_COPIES = """HloModule jit_copies, is_scheduled=true
+
+ENTRY %main (w: f32[256,128], t: f32[1024,128]) -> f32[256,128] {
+  %w = f32[256,128]{1,0:T(8,128)} parameter(0)
+  %t = f32[1024,128]{1,0:T(8,128)} parameter(1)
+  %cs.1 = (f32[256,128]{1,0:T(8,128)S(1)}, f32[256,128]{1,0:T(8,128)}, u32[]{:S(2)}) copy-start(%w)
+  %cd.1 = f32[256,128]{1,0:T(8,128)S(1)} copy-done(%cs.1)
+  %neg = f32[256,128]{1,0:T(8,128)S(1)} negate(%cd.1)
+  %cs.2 = (f32[256,128]{1,0:T(8,128)}, f32[256,128]{1,0:T(8,128)S(1)}, u32[]{:S(2)}) copy-start(%neg)
+  %cd.2 = f32[256,128]{1,0:T(8,128)} copy-done(%cs.2)
+  %ss = ((f32[1024,128]{1,0:T(8,128)}), f32[64,128]{1,0:T(8,128)S(1)}, s32[]{:S(2)}) slice-start(%t), slice={[0:64], [0:128]}
+  %sd = f32[64,128]{1,0:T(8,128)S(1)} slice-done(%ss)
+  ROOT %out = f32[256,128]{1,0:T(8,128)} copy(%cd.2)
+}
+"""
+
+
+def test_async_copies_count_xla_bytes_and_the_hbm_bytes_they_move():
+  a = attribution.attribute(ASYNC_COPIES)
+  by = {g.name: g for g in a.groups}
+  n = 256 * 128 * 4  # One weight.
+  k = 64 * 128 * 4  # The slice.
+  # XLA's rules: a copy-start its source and destination, a copy-done its result twice; a
+  # slice-start its destination twice, a slice-done its result; a plain copy in and out.
+  assert by['copies'].bytes == 2 * (2 * n + 2 * n) + 2 * n + (2 * k + k)
+  # HBM: the prefetch reads n from HBM, the eviction writes n to HBM, the HBM-to-HBM copy
+  # reads and writes n, the slice is read from HBM once (its destination is on chip); the
+  # dones move nothing.
+  assert by['copies'].hbm_bytes == n + n + 2 * n + k
+  # The negate reads and writes on chip (S(1)): bytes for XLA, none in HBM.
+  assert by['other'].bytes == 2 * n and by['other'].hbm_bytes == 0
+
+
 def test_combine_extrapolates_group_by_group():
   two = attribution.attribute(MODULE)
   combined = attribution.combine([(two, 3.0), (two, -1.0)])

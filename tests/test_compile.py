@@ -412,6 +412,36 @@ def test_sweep_table_carries_per_slot_costs_to_a_slice_compiled_without_them(tmp
   assert '667 ms (memory)' in v4 and 'from v5e-64' in v4
   assert f'| {2e12 / (8e11 / 1200e9 * 275e12):.0%} |' in v4  # MFU bound: model FLOPs x A.
   assert '488 ms (memory)' in rows['v5e-64 (64 dev.)']  # Its own: 4e11 / 819e9.
+  assert v4.count(' | - | ') == 1  # No HBM-only estimate: the donor has no HBM bytes.
+
+
+def test_sweep_table_carries_the_hbm_only_roofline_to_a_slice_compiled_without_costs(tmp_path):
+  """The HBM-only estimate (`roofline_hbm`) of a report without costs comes from the donor's
+  `hbm_bytes_per_step` per slot, over its own chip's figures."""
+  from bench.compile_reports.__main__ import table  # pylint: disable=import-outside-toplevel
+  common = {'options': {'r3f': False}, 'per_device_bytes': compile_lib.GIB, 'fits': True,
+            'advice': [], 'error': None, 'collectives': [], 'compile_seconds': 60.0,
+            'memory_fraction': 0.1}
+  donor = {**common, 'target': 'TPU v5e-64 (x, 64 devices, 1 slice)', 'num_devices': 64,
+           'mesh': {'data': 64, 'model': 1}, 'grad_accum': 1,
+           'device_memory_bytes': 16 * compile_lib.GIB, 'flops_per_step': 11e12,
+           'bytes_accessed_per_step': 57e9, 'hbm_bytes_per_step': 11e9,
+           'model_flops_per_step': 8e12,
+           'roofline': {'step_seconds': 57e9 / 819e9, 'bound': 'memory', 'mfu_bound': 0.5},
+           'roofline_hbm': {'step_seconds': 11e12 / 197e12, 'bound': 'compute',
+                            'mfu_bound': 8e12 / 11e12}}
+  other = {**common, 'target': 'TPU v5p-64 (x, 32 devices, 1 slice)', 'num_devices': 32,
+           'mesh': {'data': 32, 'model': 1}, 'grad_accum': 2,
+           'device_memory_bytes': 95 * compile_lib.GIB, 'flops_per_step': None,
+           'bytes_accessed_per_step': None, 'model_flops_per_step': 16e12, 'roofline': None}
+  for name, r in (('large_r3f-off_v5e-64.json', donor), ('large_r3f-off_v5p-64.json', other)):
+    with open(tmp_path / name, 'w') as f:
+      json.dump(r, f)
+  rows = {line.split('|')[3].strip(): line for line in table(str(tmp_path)).splitlines()[2:]}
+  # v5p-64, A = 2: 22e12 FLOPs over 459 TFLOP/s = 47.9 ms; 22e9 HBM bytes over 2,765 GB/s =
+  # 8 ms: compute-bound; MFU bound 16e12 / 22e12.
+  assert f'| 48 ms (compute), {16e12 / 22e12:.0%} |' in rows['v5p-64 (32 dev., A=2)']
+  assert '| 56 ms (compute), 73% |' in rows['v5e-64 (64 dev.)']  # Its own roofline_hbm.
 
 
 @pytest.mark.slow

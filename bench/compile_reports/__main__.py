@@ -153,6 +153,14 @@ def extrapolate(shallow: dict, deep: dict, layers: int) -> dict:
     step = max(compute, memory_s)
     estimate['roofline'] = {'step_seconds': step, 'bound': 'compute' if compute >= memory_s
                             else 'memory', 'mfu_bound': model_flops / (step * roof['peak_flops'])}
+  hbm = line(lambda r: r.get('hbm_bytes_per_step'))
+  estimate['hbm_bytes_per_step'], estimate['roofline_hbm'] = hbm, None
+  if roof and flops is not None and hbm is not None:
+    compute, memory_s = flops / roof['peak_flops'], hbm / roof['memory_bandwidth']
+    step = max(compute, memory_s)
+    estimate['roofline_hbm'] = {
+        'step_seconds': step, 'bound': 'compute' if compute >= memory_s else 'memory',
+        'mfu_bound': model_flops / (step * roof['peak_flops'])}
   return estimate
 
 
@@ -181,10 +189,23 @@ def roofline_from(report: dict, donor: dict, topology: str) -> dict:
   """
   if report['mesh'].get('model', 1) != 1 or donor['mesh'].get('model', 1) != 1:
     raise ValueError('per-slot costs carry over between data-parallel meshes only')
+  return _roofline_from_bytes(report, donor, topology, donor['bytes_accessed_per_step'])
+
+
+def roofline_hbm_from(report: dict, donor: dict, topology: str) -> dict | None:
+  """Like `roofline_from`, from the donor's bytes in HBM only (`hbm_bytes_per_step`)."""
+  if not donor.get('hbm_bytes_per_step'):
+    return None
+  return _roofline_from_bytes(report, donor, topology, donor['hbm_bytes_per_step'])
+
+
+def _roofline_from_bytes(report: dict, donor: dict, topology: str, moved: float) -> dict:
+  if report['mesh'].get('model', 1) != 1 or donor['mesh'].get('model', 1) != 1:
+    raise ValueError('per-slot costs carry over between data-parallel meshes only')
   peak, bandwidth = peak_figures(topology, report.get('model', {}).get('dtype', 'bfloat16'))
   scale = report['grad_accum'] / donor['grad_accum']
   compute = donor['flops_per_step'] * scale / peak
-  memory = donor['bytes_accessed_per_step'] * scale / bandwidth
+  memory = moved * scale / bandwidth
   step = max(compute, memory)
   return {'step_seconds': step, 'bound': 'compute' if compute >= memory else 'memory',
           'mfu_bound': report['model_flops_per_step'] / (step * peak)}
@@ -205,14 +226,16 @@ def _row(name: str, r3f: bool, r: dict, how: str) -> str:
   fits = 'yes' if r['fits'] else 'no'
   if not r['fits'] and r.get('advice'):
     fits += ' (try: ' + '; '.join(a.split(' (')[0] for a in r['advice']) + ')'
-  roof = r.get('roofline')
+  roof, hbm = r.get('roofline'), r.get('roofline_hbm')
   step = f'{roof["step_seconds"] * 1e3:.0f} ms ({roof["bound"]})' if roof else '-'
   mfu = f'{roof["mfu_bound"]:.0%}' if roof else '-'
+  step_hbm = (f'{hbm["step_seconds"] * 1e3:.0f} ms ({hbm["bound"]}), {hbm["mfu_bound"]:.0%}'
+              if hbm else '-')
   accum = f', A={r["grad_accum"]}' if r.get('grad_accum', 1) > 1 else ''
   # A step that does not fit does not compile: XLA's verdict only, no program to read.
   collectives = '- (not compiled)' if r.get('error') else _collectives(r['collectives'])
   return (f'| {name} | {"on" if r3f else "off"} | {topology} ({r["num_devices"]} dev.{accum}) | '
-          f'{memory} | {fits} | {collectives} | {step} | {mfu} | {how} |')
+          f'{memory} | {fits} | {collectives} | {step} | {mfu} | {step_hbm} | {how} |')
 
 
 def table(directory: str = HERE, platform: str = 'tpu') -> str:
@@ -221,7 +244,8 @@ def table(directory: str = HERE, platform: str = 'tpu') -> str:
   compiled."""
   target = 'GPUs' if platform == 'gpu' else 'slice'
   rows = [f'| config | R3F | {target} | per-device memory | fits | collectives (per update) | '
-          'est. step (roofline) | MFU bound | how |', '|---|---|---|---|---|---|---|---|---|']
+          'est. step (roofline) | MFU bound | est. step, MFU bound (HBM bytes only) | how |',
+          '|---|---|---|---|---|---|---|---|---|---|']
   groups: dict[tuple, dict] = {}
   for path in glob.glob(os.path.join(directory, '*_r3f-*.json')):
     m = re.match(r'(.+)_r3f-(on|off)_([^_]+)(?:_L(\d+))?(.*)\.json$', os.path.basename(path))
@@ -246,7 +270,8 @@ def table(directory: str = HERE, platform: str = 'tpu') -> str:
                 and g[0]['flops_per_step'] is not None]
       if r['flops_per_step'] is None and not r.get('error') and donors:
         donor_topology, donor = donors[0]
-        r = {**r, 'roofline': roofline_from(r, donor, topology)}
+        r = {**r, 'roofline': roofline_from(r, donor, topology),
+             'roofline_hbm': roofline_hbm_from(r, donor, topology)}
         how += f'; FLOPs and bytes per slot from {donor_topology}'
       rows.append(_row(name, r['options']['r3f'], r, how))
     elif len(by_depth) >= 2:

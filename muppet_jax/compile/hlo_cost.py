@@ -32,7 +32,9 @@ _ELEMENTWISE = frozenset({
 _SLICING = frozenset({'slice', 'dynamic-slice', 'gather'})
 COLLECTIVE_OPCODES = frozenset(
     k + s for k in hlo_lib.COLLECTIVE_KINDS for s in ('', '-start', '-done'))
-COPY_OPCODES = frozenset({'copy', 'copy-start', 'copy-done'})
+# Copies, memory-space assignment's asynchronous prefetches and evictions (whole arrays or
+# slices) included.
+COPY_OPCODES = frozenset({'copy', 'copy-start', 'copy-done', 'slice-start', 'slice-done'})
 
 # The groups, in report order.
 @dataclasses.dataclass
@@ -222,10 +224,21 @@ class CostModel:
     if root.opcode == 'tuple' and len(root.operands) == len(outputs):
       # A multi-output fusion (e.g. a matmul overlapped with a collective): outputs that pass
       # a parameter through (aliased to it) or come out of the collective are not charged
-      # to the fusion, as XLA:TPU counts them.
-      outputs = [a for a, element in zip(outputs, root.operands)
-                 if fused.by_name[element].opcode != 'parameter'
-                 and fused.by_name[element].opcode not in COLLECTIVE_OPCODES]
+      # to the fusion, as XLA:TPU counts them; an output updated in place (a
+      # dynamic-update-slice, e.g. an optimizer shard written into the buffer that the
+      # parameter all-gather then sums) is charged its update.
+      charged = []
+      for a, element in zip(outputs, root.operands):
+        producer = fused.by_name[element]
+        if producer.opcode == 'parameter' or producer.opcode in COLLECTIVE_OPCODES:
+          continue
+        if producer.opcode == 'dynamic-update-slice' and len(producer.operands) > 1:
+          update = fused.by_name.get(producer.operands[1])
+          charged += [dataclasses.replace(u, memory_space=a.memory_space)
+                      for u in (update.arrays if update else ())]
+          continue
+        charged.append(a)
+      outputs = charged
     if root.opcode == 'dynamic-update-slice' and len(outputs) == 1:
       update = fused.by_name.get(root.operands[1])
       arrays += [dataclasses.replace(a, memory_space=outputs[0].memory_space)
@@ -245,14 +258,8 @@ class CostModel:
       arrays = list(hlo_lib.parse_shape(self.shape_of(computation, i.operands[1]))) * 2
     elif op in ('slice', 'dynamic-slice'):
       arrays = list(i.arrays) * 2
-    elif op == 'copy-start':  # (destination, source, context): read, then written.
-      arrays = self.operand_arrays(computation, i) + list(i.arrays[:1])
-    elif op == 'copy-done':
-      arrays = list(i.arrays) * 2
-    elif op == 'slice-start':  # ((source), destination, context): the slice is read, written.
-      arrays = list(i.arrays[1:2]) * 2
-    elif op == 'slice-done':
-      arrays = list(i.arrays)
+    elif op in ('copy-start', 'copy-done', 'slice-start', 'slice-done'):
+      return self._async_copy_bytes(computation, i)
     elif op.endswith('-done'):
       arrays = list(i.arrays)
     elif op.endswith('-start'):
@@ -272,6 +279,31 @@ class CostModel:
     # XLA:TPU charges each array as stored: its minor dimensions rounded up to whole tiles.
     total = sum(a.padded_bytes for a in arrays)
     return float(total), float(sum(a.padded_bytes for a in arrays if a.memory_space == 0))
+
+
+  def _async_copy_bytes(self, computation: str, i: Instruction) -> tuple[float, float]:
+    """An asynchronous copy (memory-space assignment's prefetches into on-chip memory and
+    evictions back, as `copy-start`/`copy-done` or `slice-start`/`slice-done` pairs).
+
+    XLA charges the start its source and destination and the done its result twice (so a
+    prefetch of n bytes counts 4n). The HBM bytes are what the transfer itself moves there:
+    n for each end of it in HBM, charged to the start; the done only waits."""
+    op = i.opcode
+    if op == 'copy-start':  # (destination, source, context): read, then written.
+      source = self.operand_arrays(computation, i)
+      destination = list(i.arrays[:1])
+      arrays, moved = source + destination, source + destination
+    elif op == 'slice-start':  # ((source), destination, context): the slice read, written.
+      destination = list(i.arrays[1:2])
+      source = self.operand_arrays(computation, i)
+      space = source[0].memory_space if source else 0
+      arrays = destination * 2
+      moved = [dataclasses.replace(a, memory_space=space) for a in destination] + destination
+    else:  # copy-done (its result, twice) or slice-done (its result).
+      arrays = list(i.arrays) * (2 if op == 'copy-done' else 1)
+      moved = []
+    return (float(sum(a.padded_bytes for a in arrays)),
+            float(sum(a.padded_bytes for a in moved if a.memory_space == 0)))
 
 
 _TILE = re.compile(r'T\((\d+),(\d+)\)(?:\((\d+),1\))?')
