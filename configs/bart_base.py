@@ -37,6 +37,6 @@ def get_config():
   # ZeRO-1: each data replica keeps and updates 1/D of the Adam moments. Not for memory (the
   # replicated state fits) but for bytes: replicated AdamW reads and writes every float32
   # parameter, gradient and moment on every device, each update. On v5e-64 it cuts the
-  # step's bytes by a quarter or more (docs/COMPILE.md).
+  # step's bytes by 28% (21% with R3F): 39 -> 28 ms (docs/COMPILE.md).
   c.optim.shard_moments = True
   return config_lib.lock(c)
