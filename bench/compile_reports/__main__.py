@@ -148,20 +148,23 @@ def extrapolate(shallow: dict, deep: dict, layers: int) -> dict:
                                'bytes': line(lambda r, k=c['kind']: next(
                                    (x['bytes'] for x in r['collectives'] if x['kind'] == k), 0))}
                               for c in deep['collectives']]}
-  if roof and flops is not None:
-    compute, memory_s = flops / roof['peak_flops'], moved / roof['memory_bandwidth']
-    step = max(compute, memory_s)
-    estimate['roofline'] = {'step_seconds': step, 'bound': 'compute' if compute >= memory_s
-                            else 'memory', 'mfu_bound': model_flops / (step * roof['peak_flops'])}
   hbm = line(lambda r: r.get('hbm_bytes_per_step'))
   estimate['hbm_bytes_per_step'], estimate['roofline_hbm'] = hbm, None
-  if roof and flops is not None and hbm is not None:
-    compute, memory_s = flops / roof['peak_flops'], hbm / roof['memory_bandwidth']
-    step = max(compute, memory_s)
-    estimate['roofline_hbm'] = {
-        'step_seconds': step, 'bound': 'compute' if compute >= memory_s else 'memory',
-        'mfu_bound': model_flops / (step * roof['peak_flops'])}
+  if roof and flops is not None:
+    peak, bandwidth = roof['peak_flops'], roof['memory_bandwidth']
+    estimate['roofline'] = _roofline(flops, moved, model_flops, peak, bandwidth)
+    if hbm is not None:
+      estimate['roofline_hbm'] = _roofline(flops, hbm, model_flops, peak, bandwidth)
   return estimate
+
+
+def _roofline(flops: float, moved: float, model_flops: float, peak: float,
+              bandwidth: float) -> dict:
+  """max(FLOPs / peak, bytes / bandwidth), which of the two bounds it, and the MFU bound."""
+  compute, memory = flops / peak, moved / bandwidth
+  step = max(compute, memory)
+  return {'step_seconds': step, 'bound': 'compute' if compute >= memory else 'memory',
+          'mfu_bound': model_flops / (step * peak)}
 
 
 def peak_figures(topology: str, dtype: str) -> tuple[float, float]:
@@ -187,8 +190,6 @@ def roofline_from(report: dict, donor: dict, topology: str) -> dict:
   optimizer's share (elementwise over N / D parameters, well under 1% of the FLOPs) and the
   fusion choices of the other generation's compiler (bytes accessed).
   """
-  if report['mesh'].get('model', 1) != 1 or donor['mesh'].get('model', 1) != 1:
-    raise ValueError('per-slot costs carry over between data-parallel meshes only')
   return _roofline_from_bytes(report, donor, topology, donor['bytes_accessed_per_step'])
 
 
@@ -204,11 +205,8 @@ def _roofline_from_bytes(report: dict, donor: dict, topology: str, moved: float)
     raise ValueError('per-slot costs carry over between data-parallel meshes only')
   peak, bandwidth = peak_figures(topology, report.get('model', {}).get('dtype', 'bfloat16'))
   scale = report['grad_accum'] / donor['grad_accum']
-  compute = donor['flops_per_step'] * scale / peak
-  memory = moved * scale / bandwidth
-  step = max(compute, memory)
-  return {'step_seconds': step, 'bound': 'compute' if compute >= memory else 'memory',
-          'mfu_bound': report['model_flops_per_step'] / (step * peak)}
+  return _roofline(donor['flops_per_step'] * scale, moved * scale,
+                   report['model_flops_per_step'], peak, bandwidth)
 
 
 def _collectives(collectives: list[dict]) -> str:

@@ -233,16 +233,12 @@ class CostModel:
         if producer.opcode == 'parameter' or producer.opcode in COLLECTIVE_OPCODES:
           continue
         if producer.opcode == 'dynamic-update-slice' and len(producer.operands) > 1:
-          update = fused.by_name.get(producer.operands[1])
-          charged += [dataclasses.replace(u, memory_space=a.memory_space)
-                      for u in (update.arrays if update else ())]
+          charged += _update_arrays(fused, producer, a.memory_space)
           continue
         charged.append(a)
       outputs = charged
     if root.opcode == 'dynamic-update-slice' and len(outputs) == 1:
-      update = fused.by_name.get(root.operands[1])
-      arrays += [dataclasses.replace(a, memory_space=outputs[0].memory_space)
-                 for a in (update.arrays if update else ())]
+      arrays += _update_arrays(fused, root, outputs[0].memory_space)
     elif not (in_place and root.opcode == 'scatter'):
       arrays += outputs
     return arrays
@@ -280,7 +276,6 @@ class CostModel:
     total = sum(a.padded_bytes for a in arrays)
     return float(total), float(sum(a.padded_bytes for a in arrays if a.memory_space == 0))
 
-
   def _async_copy_bytes(self, computation: str, i: Instruction) -> tuple[float, float]:
     """An asynchronous copy (memory-space assignment's prefetches into on-chip memory and
     evictions back, as `copy-start`/`copy-done` or `slice-start`/`slice-done` pairs).
@@ -304,6 +299,13 @@ class CostModel:
       moved = []
     return (float(sum(a.padded_bytes for a in arrays)),
             float(sum(a.padded_bytes for a in moved if a.memory_space == 0)))
+
+
+def _update_arrays(fused: hlo_lib.Computation, update_slice: Instruction,
+                   space: int) -> list[hlo_lib.Array]:
+  """What a dynamic-update-slice writes in place: its update, in the buffer's memory space."""
+  update = fused.by_name.get(update_slice.operands[1])
+  return [dataclasses.replace(a, memory_space=space) for a in (update.arrays if update else ())]
 
 
 _TILE = re.compile(r'T\((\d+),(\d+)\)(?:\((\d+),1\))?')
