@@ -164,6 +164,125 @@ def test_hand_counted_module():
   assert a.top[0].source == 'roberta.py:174 RobertaIntermediate.__call__'
 
 
+# A counted loop as `lax.scan` lowers it: i from 2 (a copied constant) while i < 7, the body
+# adds 1 to i (through a copy) and negates a vector: 5 iterations.
+COUNTED_LOOP = """HloModule jit_loop, is_scheduled=true
+
+%body (state: (s32[], f32[16])) -> (s32[], f32[16]) {
+  %state = (s32[], f32[16]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%state), index=0
+  %i.copy = s32[] copy(%i)
+  %one = s32[] constant(1)
+  %next = s32[] add(%i.copy, %one)
+  %v = f32[16]{0} get-tuple-element(%state), index=1
+  %neg = f32[16]{0} negate(%v)
+  ROOT %t = (s32[], f32[16]{0}) tuple(%next, %neg)
+}
+
+%cond (state.1: (s32[], f32[16])) -> pred[] {
+  %state.1 = (s32[], f32[16]{0}) parameter(0)
+  %i.1 = s32[] get-tuple-element(%state.1), index=0
+  %limit = s32[] constant(7)
+  ROOT %lt = pred[] compare(%i.1, %limit), direction=LT
+}
+
+ENTRY %main (v0: f32[16]) -> (s32[], f32[16]) {
+  %v0 = f32[16]{0} parameter(0)
+  %two = s32[] constant(2)
+  %start = s32[] copy(%two)
+  %init = (s32[], f32[16]{0}) tuple(%start, %v0)
+  ROOT %loop = (s32[], f32[16]{0}) while(%init), condition=%cond, body=%body
+}
+"""
+
+
+def test_loops_count_once_or_times_their_trip_count():
+  once = attribution.attribute(COUNTED_LOOP)
+  runs = attribution.attribute(COUNTED_LOOP, trip_counts=True)
+  # Per iteration: the body's copy of i (4 + 4 bytes), i + 1 (4 + 4 + 4 bytes, 1 FLOP), the
+  # negation (64 + 64 bytes, 16 FLOPs); the condition's compare (4 + 4 + 1 bytes, 1 FLOP).
+  # Outside: the copy of the start value (4 + 4 bytes).
+  per_iteration_bytes, per_iteration_flops = 8 + 12 + 128 + 9, 1 + 16 + 1
+  assert once.bytes == per_iteration_bytes + 8 and once.flops == per_iteration_flops
+  assert runs.bytes == 5 * per_iteration_bytes + 8 and runs.flops == 5 * per_iteration_flops
+  assert runs.note == 'loop bodies times their trip counts'
+  # XLA's own `known_trip_count` wins over the loop's form.
+  known = COUNTED_LOOP.replace('body=%body', 'body=%body, backend_config={"known_trip_count":'
+                               '{"n":"3"}}')
+  assert attribution.attribute(known, trip_counts=True).flops == 3 * per_iteration_flops
+  # A loop whose count the program does not say (a bound that is not a constant, a body that
+  # steps by 2) counts once, and the note names it.
+  for unknown in (COUNTED_LOOP.replace('%limit = s32[] constant(7)',
+                                       '%limit = s32[] get-tuple-element(%state.1), index=0'),
+                  COUNTED_LOOP.replace('%one = s32[] constant(1)', '%one = s32[] constant(2)')):
+    counted = attribution.attribute(unknown, trip_counts=True)
+    assert counted.bytes == attribution.attribute(unknown).bytes
+    assert counted.note.endswith('trip count unknown (counted once): loop')
+  # The module above: its loop starts from a parameter, so its count is unknown.
+  assert 'unknown (counted once): loop' in attribution.attribute(MODULE, trip_counts=True).note
+
+
+# A scan body's data movement: one layer's weights sliced out of the stack (index arithmetic
+# only: copies), and a layer's result written into the stack of saved activations with the
+# LayerNorm that computes it fused in (the update's source decides: norms).
+SCAN_MOVES = """HloModule jit_scan, is_scheduled=true
+
+FileNames
+1 "/src/muppet_jax/models/attention.py"
+2 "/src/muppet_jax/models/roberta.py"
+
+FunctionNames
+1 "run_layers"
+2 "LayerNorm.__call__"
+
+FileLocations
+1 {file_name_id=1 function_name_id=1 line=487 end_line=487 column=1 end_column=1}
+2 {file_name_id=2 function_name_id=2 line=60 end_line=60 column=1 end_column=1}
+
+StackFrames
+1 {file_location_id=1 parent_frame_id=0}
+2 {file_location_id=2 parent_frame_id=1}
+
+%fused_slice_layer (p0: f32[4,32,32], p1: s32[]) -> f32[32,32] {
+  %p0 = f32[4,32,32]{2,1,0} parameter(0)
+  %p1 = s32[] parameter(1)
+  %zero = s32[] constant(0)
+  %lt = pred[] compare(%p1, %zero), direction=LT
+  %four = s32[] constant(4)
+  %wrapped = s32[] add(%p1, %four)
+  %index = s32[] select(%lt, %wrapped, %p1)
+  %ds = f32[1,32,32]{2,1,0} dynamic-slice(%p0, %index, %zero, %zero), dynamic_slice_sizes={1,32,32}, metadata={op_name="ds" stack_frame_id=1}
+  ROOT %bc = f32[32,32]{1,0} bitcast(%ds)
+}
+
+%fused_save (q0: f32[4,8,32], q1: f32[8,32], q2: s32[]) -> f32[4,8,32] {
+  %q0 = f32[4,8,32]{2,1,0} parameter(0)
+  %q1 = f32[8,32]{1,0} parameter(1)
+  %q2 = s32[] parameter(2)
+  %norm = f32[8,32]{1,0} multiply(%q1, %q1), metadata={op_name="ln" stack_frame_id=2}
+  %row = f32[1,8,32]{2,1,0} bitcast(%norm)
+  %z = s32[] constant(0)
+  ROOT %dus = f32[4,8,32]{2,1,0} dynamic-update-slice(%q0, %row, %q2, %z, %z), metadata={op_name="dus" stack_frame_id=1}
+}
+
+ENTRY %main (w: f32[4,32,32], i: s32[], x: f32[8,32], saved: f32[4,8,32]) -> f32[4,8,32] {
+  %w = f32[4,32,32]{2,1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %x = f32[8,32]{1,0} parameter(2)
+  %saved = f32[4,8,32]{2,1,0} parameter(3)
+  %layer = f32[32,32]{1,0} fusion(%w, %i), kind=kLoop, calls=%fused_slice_layer, metadata={op_name="f" stack_frame_id=1}
+  ROOT %stacked = f32[4,8,32]{2,1,0} fusion(%saved, %x, %i), kind=kLoop, calls=%fused_save, metadata={op_name="g" stack_frame_id=1}
+}
+"""
+
+
+def test_a_scans_data_movement_is_copies_and_its_saved_results_their_source():
+  module = hlo.parse_module(SCAN_MOVES)
+  by_name = {i.name: i for i in module.computations[module.entry].instructions}
+  assert attribution.classify(module, by_name['layer']) == 'copies'
+  assert attribution.classify(module, by_name['stacked']) == 'norms and dropout'
+
+
 # Memory-space assignment on TPU: a prefetch of a weight into on-chip memory (S(1)), its use
 # there, and an eviction of a result back to HBM; a slice prefetched the same way.
 ASYNC_COPIES = """HloModule jit_copies, is_scheduled=true

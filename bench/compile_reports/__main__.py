@@ -149,12 +149,20 @@ def extrapolate(shallow: dict, deep: dict, layers: int) -> dict:
                                    (x['bytes'] for x in r['collectives'] if x['kind'] == k), 0))}
                               for c in deep['collectives']]}
   hbm = line(lambda r: r.get('hbm_bytes_per_step'))
+  run_flops = line(lambda r: (r.get('executable') or {}).get('flops'))
+  run_bytes = line(lambda r: (r.get('executable') or {}).get('bytes'))
   estimate['hbm_bytes_per_step'], estimate['roofline_hbm'] = hbm, None
-  if roof and flops is not None:
+  estimate['roofline_executable'] = None
+  if roof:
     peak, bandwidth = roof['peak_flops'], roof['memory_bandwidth']
-    estimate['roofline'] = _roofline(flops, moved, model_flops, peak, bandwidth)
-    if hbm is not None:
-      estimate['roofline_hbm'] = _roofline(flops, hbm, model_flops, peak, bandwidth)
+    if flops is not None:
+      estimate['roofline'] = _roofline(flops, moved, model_flops, peak, bandwidth)
+    if run_flops is not None and run_bytes is not None:
+      estimate['roofline_executable'] = _roofline(run_flops, run_bytes, model_flops, peak,
+                                                  bandwidth)
+    if hbm is not None and (run_flops or flops) is not None:
+      estimate['roofline_hbm'] = _roofline(run_flops or flops, hbm, model_flops, peak,
+                                           bandwidth)
   return estimate
 
 
@@ -224,16 +232,19 @@ def _row(name: str, r3f: bool, r: dict, how: str) -> str:
   fits = 'yes' if r['fits'] else 'no'
   if not r['fits'] and r.get('advice'):
     fits += ' (try: ' + '; '.join(a.split(' (')[0] for a in r['advice']) + ')'
-  roof, hbm = r.get('roofline'), r.get('roofline_hbm')
+  roof, hbm, run = r.get('roofline'), r.get('roofline_hbm'), r.get('roofline_executable')
   step = f'{roof["step_seconds"] * 1e3:.0f} ms ({roof["bound"]})' if roof else '-'
   mfu = f'{roof["mfu_bound"]:.0%}' if roof else '-'
-  step_hbm = (f'{hbm["step_seconds"] * 1e3:.0f} ms ({hbm["bound"]}), {hbm["mfu_bound"]:.0%}'
-              if hbm else '-')
+
+  def cell(estimate):
+    return (f'{estimate["step_seconds"] * 1e3:.0f} ms ({estimate["bound"]}), '
+            f'{estimate["mfu_bound"]:.0%}' if estimate else '-')
   accum = f', A={r["grad_accum"]}' if r.get('grad_accum', 1) > 1 else ''
   # A step that does not fit does not compile: XLA's verdict only, no program to read.
   collectives = '- (not compiled)' if r.get('error') else _collectives(r['collectives'])
   return (f'| {name} | {"on" if r3f else "off"} | {topology} ({r["num_devices"]} dev.{accum}) | '
-          f'{memory} | {fits} | {collectives} | {step} | {mfu} | {step_hbm} | {how} |')
+          f'{memory} | {fits} | {collectives} | {step} | {mfu} | {cell(run)} | {cell(hbm)} | '
+          f'{how} |')
 
 
 def table(directory: str = HERE, platform: str = 'tpu') -> str:
@@ -242,8 +253,9 @@ def table(directory: str = HERE, platform: str = 'tpu') -> str:
   compiled."""
   target = 'GPUs' if platform == 'gpu' else 'slice'
   rows = [f'| config | R3F | {target} | per-device memory | fits | collectives (per update) | '
-          'est. step (roofline) | MFU bound | est. step, MFU bound (HBM bytes only) | how |',
-          '|---|---|---|---|---|---|---|---|---|---|']
+          'est. step (roofline) | MFU bound | est. step, MFU bound (the executable, loops x '
+          'trips) | same, HBM bytes only | how |',
+          '|---|---|---|---|---|---|---|---|---|---|---|']
   groups: dict[tuple, dict] = {}
   for path in glob.glob(os.path.join(directory, '*_r3f-*.json')):
     m = re.match(r'(.+)_r3f-(on|off)_([^_]+)(?:_L(\d+))?(.*)\.json$', os.path.basename(path))
@@ -269,7 +281,7 @@ def table(directory: str = HERE, platform: str = 'tpu') -> str:
       if r['flops_per_step'] is None and not r.get('error') and donors:
         donor_topology, donor = donors[0]
         r = {**r, 'roofline': roofline_from(r, donor, topology),
-             'roofline_hbm': roofline_hbm_from(r, donor, topology)}
+             'roofline_hbm': r.get('roofline_hbm') or roofline_hbm_from(r, donor, topology)}
         how += f'; FLOPs and bytes per slot from {donor_topology}'
       rows.append(_row(name, r['options']['r3f'], r, how))
     elif len(by_depth) >= 2:
@@ -280,13 +292,17 @@ def table(directory: str = HERE, platform: str = 'tpu') -> str:
   return '\n'.join(rows)
 
 
-def groups_table(directory: str = HERE) -> str:
-  """Where each config's bytes go: the `attribution` groups of every report that has them (TPU
-  reports with costs), one row per report, each cell 'GB per update (share of the bytes)'."""
+def groups_table(directory: str = HERE, of: str = 'attribution') -> str:
+  """Where each config's bytes go: the groups of every report that has them, one row per
+  report, each cell 'GB per update (share of the bytes)'. `of='attribution'`: the figures of
+  `bytes_accessed_per_step` (TPU reports with costs), against XLA's total; `of='executable'`:
+  the executable as it runs (loops times their trip counts), its coverage the body-once count
+  against XLA's cost analysis of that executable."""
   from muppet_jax.compile.attribution import GROUPS  # pylint: disable=import-outside-toplevel
   short = [g.replace('embeddings and output heads', 'embeddings').replace(
       'norms and dropout', 'norms, dropout') for g in GROUPS]
-  rows = ['| config | R3F | target | ' + ' | '.join(short) + ' | total (XLA) | coverage |',
+  total_name = 'total (XLA)' if of == 'attribution' else 'total'
+  rows = ['| config | R3F | target | ' + ' | '.join(short) + f' | {total_name} | coverage |',
           '|---|---|---|' + '---|' * len(GROUPS) + '---|---|']
   order = {c: i for i, c in enumerate(CONFIGS)}
   found = []
@@ -296,16 +312,16 @@ def groups_table(directory: str = HERE) -> str:
       continue
     with open(path) as f:
       report = json.load(f)
-    if report.get('attribution'):
+    if report.get(of) and (of == 'executable' or report['platform'] != 'gpu'):
       found.append((order.get(m.group(1), 9), m.groups(), report))
   for _, (config, r3f, topology, suffix), report in sorted(found, key=lambda x: (x[0], x[1])):
-    a = report['attribution']
+    a = report[of]
     by_name = {g['name']: g for g in a['groups']}
     cells = [f'{by_name[g]["bytes"] / 1e9:.1f} ({by_name[g]["bytes"] / a["bytes"]:.0%})'
              if g in by_name else '-' for g in GROUPS]
     name = ' '.join([config, *report.get('overrides', [])])
-    xla = a.get('xla_bytes_accessed')
-    coverage = a.get('coverage', {}).get('bytes')
+    xla = a.get('xla_bytes_accessed') if of == 'attribution' else a['bytes']
+    coverage = (a.get('coverage') or {}).get('bytes')
     total = f'{xla / 1e9:.1f} GB' if xla else '-'
     rows.append(f'| {name} | {r3f} | {topology} | ' + ' | '.join(cells) +
                 f' | {total} | {f"{coverage:.1%}" if coverage else "-"} |')
@@ -362,6 +378,11 @@ def main(argv=None) -> None:
   if groups:
     print()
     print('Where the bytes of one update go (GB per device, attribution from the compiled HLO):')
+    print(groups)
+  groups = groups_table(of='executable')
+  if groups:
+    print()
+    print('The same for the executable as it runs (loops times their trip counts):')
     print(groups)
   gpu_table = table(platform='gpu')
   if gpu_table.count('\n') > 1:  # Any GPU rows.

@@ -30,9 +30,11 @@ Targets (`compile.topology`):
   for a TPU.
 
 The report's numbers are XLA's, for one device's program: `memory_analysis()` (arguments,
-outputs, temporaries, aliases), `cost_analysis()` (FLOPs, bytes accessed), and the collectives
-of the optimized HLO. The roofline step time is an estimate from the chip's documented peak
-figures (`CHIPS`), not a measurement. docs/COMPILE.md explains every field.
+outputs, temporaries, aliases), `cost_analysis()` (FLOPs, bytes accessed; of unrolled programs
+where the step loops, since XLA counts a loop body once), and the collectives of the optimized
+HLO; `executable` counts the compiled step itself with XLA's rules, its loops times their trip
+counts. The roofline step times are estimates from the chip's documented peak figures
+(`CHIPS`), not measurements. docs/COMPILE.md explains every field.
 """
 
 from __future__ import annotations
@@ -138,32 +140,36 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
                              compiled)
   cost_seconds = time.perf_counter() - start
 
-  roofline = None
   peak = target.peak_flops_for(config.model.dtype)  # float32 matmuls run as TF32 on GPU.
-  if cost is not None and peak and target.memory_bandwidth and cost.flops:
-    compute_s = cost.flops / peak
-    memory_s = cost.bytes_accessed / target.memory_bandwidth
+
+  def roofline_of(flops: float, nbytes: float, note: str | None = None) -> Roofline | None:
+    if not (peak and target.memory_bandwidth and flops):
+      return None
+    compute_s, memory_s = flops / peak, nbytes / target.memory_bandwidth
     step_s = max(compute_s, memory_s)
-    roofline = Roofline(
+    return Roofline(
         step_seconds=step_s, compute_seconds=compute_s, memory_seconds=memory_s,
         bound='compute' if compute_s >= memory_s else 'memory',
         mfu_bound=model_flops / (step_s * peak), peak_flops=peak,
-        memory_bandwidth=target.memory_bandwidth, source=target.figures_source)
-
-  roofline_hbm = None
-  counted = cost.attribution if cost is not None else None
-  if roofline is not None and counted is not None and counted.bytes:
-    # The HBM share of the counted bytes, applied to XLA's total.
-    hbm_bytes = cost.bytes_accessed * counted.hbm_bytes / counted.bytes
-    memory_s = hbm_bytes / target.memory_bandwidth
-    step_s = max(roofline.compute_seconds, memory_s)
-    roofline_hbm = Roofline(
-        step_seconds=step_s, compute_seconds=roofline.compute_seconds, memory_seconds=memory_s,
-        bound='compute' if roofline.compute_seconds >= memory_s else 'memory',
-        mfu_bound=model_flops / (step_s * peak), peak_flops=peak,
         memory_bandwidth=target.memory_bandwidth, source=target.figures_source,
-        note='estimate from the bytes in HBM only (memory space 0 of the layouts), not a '
-             'measurement')
+        **({'note': note} if note else {}))
+
+  roofline = None if cost is None else roofline_of(cost.flops, cost.bytes_accessed)
+  counted = cost.attribution if cost is not None else None
+  # The executable itself, counted with XLA's rules and its loops run their trip counts (the
+  # figures above come from the same step unrolled where the step loops, because XLA's cost
+  # analysis counts a loop body once; the unrolled programs' memory-space assignment differs).
+  # Cheap (no further compile): also with compile.costs=False.
+  executable = program.executable_cost(compiled)
+  roofline_executable = roofline_of(
+      executable.flops, executable.bytes,
+      "estimate from the compiled step's bytes by XLA's rules, loops times their trip counts; "
+      'not a measurement')
+  # HBM only: XLA's bytes also charge traffic through on-chip memory (TPU memory space 1).
+  roofline_hbm = roofline_of(
+      executable.flops, executable.hbm_bytes,
+      "estimate from the compiled step's bytes in HBM only (memory space 0 of the layouts), "
+      'loops times their trip counts; not a measurement')
   model_note = ('model_flops_per_step: 6 N + 12 x layers x d x T per token of a '
                 'classification slot (the bench/ formula), no R3F, no remat.')
   if cost is None:
@@ -186,7 +192,9 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
       collectives=hlo.hlo_collectives(compiled.as_text()), roofline=roofline,
       advice=report_lib.advice(config, fits, memory),
       attribution=None if counted is None else counted.to_json(),
-      hbm_bytes_per_step=None if roofline_hbm is None else hbm_bytes,
+      executable=executable.to_json(),
+      roofline_executable=roofline_executable,
+      hbm_bytes_per_step=executable.hbm_bytes,
       roofline_hbm=roofline_hbm)
 
 

@@ -44,7 +44,8 @@ GROUPS = (
     'losses and r3f',  # Per-family losses, log(n) scaling, R3F noise and symmetric KL.
     'optimizer',  # AdamW, gradient averaging over slots, the learning rate.
     'collectives',  # all-reduce, all-gather, ... across devices.
-    'copies',  # Copies between buffers (into/out of branches and loops, layout changes).
+    'copies',  # Copies between buffers (into/out of branches and loops, layout changes, a
+    # scan's slices of its stacked layers and writes into the stacks).
     'other',  # Anything else: RNG keys, metrics, index arithmetic.
 )
 
@@ -156,8 +157,53 @@ def source_frame(module: HloModule, i: Instruction) -> int:
     frame = _anchor_frame(module, fused, opcodes)
     if frame:
       return frame
+  # A loop writing a value into its stacked result (a scan's saved residuals): the update's
+  # source, not the scan machinery that the dynamic-update-slice itself comes from.
+  root = _through_views(fused, fused.root)
+  if root.opcode == 'dynamic-update-slice' and len(root.operands) > 1:
+    update = fused.by_name.get(root.operands[1])
+    update = update and _through_views(fused, update)
+    if update is not None and update.frame:
+      return update.frame
   return fused.root.frame or i.frame or next(
       (x.frame for x in fused.instructions if x.frame), 0)
+
+
+def _through_views(computation, i: Instruction) -> Instruction:
+  """`i`, or what it reshapes, bitcasts or converts (what computes the value)."""
+  while i.opcode in ('bitcast', 'reshape', 'convert', 'copy') and i.operands:
+    operand = computation.by_name.get(i.operands[0])
+    if operand is None:
+      break
+    i = operand
+  return i
+
+
+# What a fusion may hold and still only move data: a scan's per-layer slice of its stacked
+# weights and saved activations, and its writes of each layer's results into the stacks.
+_MOVES = frozenset({'parameter', 'constant', 'bitcast', 'reshape', 'transpose', 'copy', 'slice',
+                    'dynamic-slice', 'dynamic-update-slice', 'concatenate', 'broadcast', 'pad',
+                    'tuple', 'get-tuple-element', 'iota', 'clamp', 'compare', 'select', 'add',
+                    'subtract', 'convert'})
+
+
+def _moves_only(module: HloModule, i: Instruction) -> bool:
+  """A fusion that slices, updates or rearranges buffers and computes nothing but indices: the
+  loop's copies of stacked layers (the index arithmetic's adds, compares and selects are
+  scalar; a convert counts as computing)."""
+  if i.opcode != 'fusion':
+    return False
+  fused = module.computations.get((i.called('calls') or [''])[0])
+  if fused is None or not any(x.opcode in ('dynamic-slice', 'dynamic-update-slice')
+                              for x in fused.instructions):
+    return False
+  for x in fused.instructions:
+    if x.opcode not in _MOVES:
+      return False
+    if x.opcode in ('add', 'subtract', 'compare', 'select', 'clamp', 'convert') and any(
+        a.elements > 1 for a in x.arrays):
+      return False
+  return True
 
 
 def _kernel_name(i: Instruction) -> str:
@@ -170,7 +216,7 @@ def classify(module: HloModule, i: Instruction) -> str:
   """The group of one top-level instruction."""
   if i.opcode in COLLECTIVE_OPCODES:
     return 'collectives'
-  if i.opcode in COPY_OPCODES:
+  if i.opcode in COPY_OPCODES or _moves_only(module, i):
     return 'copies'
   if i.opcode == 'custom-call' and 'flash_attention' in (_kernel_name(i) + i.name):
     return 'attention core'  # The kernel draws its dropout bits inside.
@@ -209,16 +255,27 @@ def _source(module: HloModule, i: Instruction) -> str:
 
 
 def attribute(hlo_text: str, *, xla_flops: float | None = None,
-              xla_bytes_accessed: float | None = None, top: int = 15) -> Attribution:
-  """The attribution of one compiled program (`compiled.as_text()`)."""
+              xla_bytes_accessed: float | None = None, top: int = 15,
+              trip_counts: bool = False) -> Attribution:
+  """The attribution of one compiled program (`compiled.as_text()`).
+
+  Loop bodies count once, as XLA's cost analysis counts them (so that `coverage` compares like
+  with like), or with `trip_counts` times the number of iterations the program runs
+  (`hlo_cost.trip_count`): the cost of the program as it executes (`note` names any loop
+  whose count the program does not say; it counts once)."""
   module = hlo_lib.parse_module(hlo_text)
   model = CostModel(module)
   items: list = []
-  walk(model, module.entry, 1.0, items)
+  unknown: list[str] = []
+  walk(model, module.entry, 1.0, items, trip_counts=trip_counts, unknown_loops=unknown)
   totals = collections.defaultdict(Cost)
   for i, _, cost in items:
     totals[classify(module, i)] += cost
-  return _assemble(module, items, totals, xla_flops, xla_bytes_accessed, top)
+  counted = _assemble(module, items, totals, xla_flops, xla_bytes_accessed, top)
+  if trip_counts:
+    counted.note = ('loop bodies times their trip counts' + (
+        f'; trip count unknown (counted once): {", ".join(unknown)}' if unknown else ''))
+  return counted
 
 
 def _assemble(module, items, totals, xla_flops, xla_bytes_accessed, top) -> Attribution:

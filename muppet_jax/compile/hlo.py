@@ -114,6 +114,7 @@ class Instruction:
   attributes: str  # Everything after the operand list (called computations, config, ...).
   frame: int  # The JAX source stack-frame id (0: none).
   parameter_number: int = -1  # For a parameter: its number in the computation's signature.
+  literal: str = ''  # For a constant: its value as printed (`6`, `{1, 2}`, ...).
 
   @functools.cached_property
   def arrays(self) -> tuple[Array, ...]:
@@ -264,7 +265,8 @@ def parse_module(text: str) -> HloModule:
     current.instructions.append(Instruction(
         name=name, opcode=opcode, shape=shape, operands=operands, attributes=rest,
         frame=int(frame.group(1)) if frame else 0,
-        parameter_number=int(number) if opcode == 'parameter' and number.isdigit() else -1))
+        parameter_number=int(number) if opcode == 'parameter' and number.isdigit() else -1,
+        literal=number if opcode == 'constant' else ''))
   return HloModule(computations=computations, entry=entry, frames=_frame_table(text))
 
 

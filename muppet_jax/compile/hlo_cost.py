@@ -408,17 +408,88 @@ def _kernel_cost_estimate(i: Instruction) -> _KernelCost | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def walk(model: CostModel, computation: str, factor: float, out: list, seen: tuple = ()):
+def trip_count(module: hlo_lib.HloModule, computation: str, loop: Instruction) -> int | None:
+  """How many times the while loop `loop` (in `computation`) runs its body, when the program
+  says so: XLA's `known_trip_count`, else the counted-loop form that `lax.scan` and
+  `lax.fori_loop` lower to (the condition `i < N` on a tuple element that starts at a constant
+  and that the body increments by 1). None when neither is there."""
+  known = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.attributes)
+  if known:
+    return int(known.group(1))
+  condition = module.computations.get((loop.called('condition') or [''])[0])
+  body = module.computations.get((loop.called('body') or [''])[0])
+  parent = module.computations.get(computation)
+  if condition is None or body is None or parent is None or len(loop.operands) != 1:
+    return None
+
+  def source(comp: hlo_lib.Computation, name: str) -> Instruction | None:
+    """The instruction behind `name`, through copies and bitcasts."""
+    instruction = comp.by_name.get(name)
+    while instruction is not None and instruction.opcode in ('copy', 'bitcast'):
+      instruction = comp.by_name.get(instruction.operands[0])
+    return instruction
+
+  def constant(comp: hlo_lib.Computation, name: str) -> int | None:
+    instruction = source(comp, name)
+    if instruction is None or instruction.opcode != 'constant':
+      return None
+    return int(instruction.literal) if re.fullmatch(r'-?\d+', instruction.literal) else None
+
+  def element(comp: hlo_lib.Computation, name: str) -> int | None:
+    instruction = source(comp, name)
+    if instruction is None or instruction.opcode != 'get-tuple-element':
+      return None
+    index = re.search(r'\bindex=(\d+)', instruction.attributes)
+    operand = comp.by_name.get(instruction.operands[0])
+    if not index or operand is None or operand.opcode != 'parameter':
+      return None
+    return int(index.group(1))
+
+  compare = condition.root
+  direction = re.search(r'direction=(\w+)', compare.attributes)
+  if compare.opcode != 'compare' or not direction or len(compare.operands) != 2:
+    return None
+  k, limit = element(condition, compare.operands[0]), constant(condition, compare.operands[1])
+  if direction.group(1) != 'LT' or k is None or limit is None:
+    return None
+  start_tuple = parent.by_name.get(loop.operands[0])
+  next_tuple = body.root
+  if (start_tuple is None or start_tuple.opcode != 'tuple' or next_tuple.opcode != 'tuple'
+      or k >= len(start_tuple.operands) or k >= len(next_tuple.operands)):
+    return None
+  start = constant(parent, start_tuple.operands[k])
+  step = body.by_name.get(next_tuple.operands[k])
+  if start is None or step is None or step.opcode != 'add' or len(step.operands) != 2:
+    return None
+  a, b = step.operands
+  if not ((element(body, a) == k and constant(body, b) == 1) or
+          (element(body, b) == k and constant(body, a) == 1)):
+    return None
+  return max(0, limit - start)
+
+
+def walk(model: CostModel, computation: str, factor: float, out: list, seen: tuple = (), *,
+         trip_counts: bool = False, unknown_loops: list | None = None):
   """Appends (instruction, computation, cost) of every top-level instruction reachable from
-  `computation`: loop bodies once, the costliest branch of each conditional."""
+  `computation`, the costliest branch of each conditional, and each loop body once (as XLA's
+  cost analysis counts it) or, with `trip_counts`, times the loop's `trip_count` (what the
+  program runs; a loop whose count the program does not say counts once and is appended to
+  `unknown_loops`)."""
   comp = model.module.computations.get(computation)
   if comp is None or computation in seen:
     return
   seen = seen + (computation,)
+  more = dict(trip_counts=trip_counts, unknown_loops=unknown_loops)
   for i in comp.instructions:
     if i.opcode == 'while':
+      times = 1
+      if trip_counts:
+        count = trip_count(model.module, computation, i)
+        if count is None and unknown_loops is not None:
+          unknown_loops.append(i.name)
+        times = 1 if count is None else count
       for body in i.called('body') + i.called('condition'):
-        walk(model, body, factor, out, seen)
+        walk(model, body, factor * times, out, seen, **more)
       continue
     if i.opcode == 'conditional':
       # XLA counts each property (FLOPs, bytes) of the branch where it is largest: the FLOPs
@@ -429,7 +500,7 @@ def walk(model: CostModel, computation: str, factor: float, out: list, seen: tup
       trials = []
       for branch in branches:
         trial = []
-        walk(model, branch, factor, trial, seen)
+        walk(model, branch, factor, trial, seen, **more)
         trials.append(trial)
       if trials:
         by_flops = max(trials, key=lambda x: (sum(c.flops + c.transcendentals for *_, c in x),
@@ -448,7 +519,7 @@ def walk(model: CostModel, computation: str, factor: float, out: list, seen: tup
       called = i.called('calls') or i.called('to_apply')
       if i.opcode == 'call':
         for c in called:
-          walk(model, c, factor, out, seen)
+          walk(model, c, factor, out, seen, **more)
         continue
     flops, transcendentals = model.instruction_flops(computation, i)
     nbytes, hbm = model.instruction_bytes(computation, i)

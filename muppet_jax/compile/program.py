@@ -85,6 +85,38 @@ class StepCost:
   attribution: attribution.Attribution | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class ExecutableCost:
+  """One update of the compiled step as it runs, on one device: every instruction counted with
+  XLA's rules (`attribution.attribute`), each loop body times its trip count."""
+
+  flops: float
+  bytes: float  # XLA's bytes-accessed rules (all memory spaces).
+  hbm_bytes: float  # The part in device memory (HBM).
+  groups: list[dict]  # [{name, flops, bytes, hbm_bytes}] (attribution.GROUPS).
+  note: str  # How loops were counted; any loop whose trip count is unknown.
+  # The same count with each loop body once, over XLA's cost analysis of this executable
+  # (which counts a body once): how closely the rules follow XLA's ({flops, bytes}; None where
+  # XLA reports nothing, e.g. on GPU).
+  coverage: dict
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def executable_cost(compiled: jax.stages.Compiled) -> ExecutableCost:
+  """`ExecutableCost` of a compiled step."""
+  text = compiled.as_text()
+  cost = xla_cost(compiled)
+  once = attribution.attribute(
+      text, xla_flops=float(cost['flops']) if 'flops' in cost else None,
+      xla_bytes_accessed=float(cost['bytes accessed']) if 'bytes accessed' in cost else None)
+  runs = attribution.attribute(text, trip_counts=True)
+  return ExecutableCost(flops=runs.flops, bytes=runs.bytes, hbm_bytes=runs.hbm_bytes,
+                        groups=[dataclasses.asdict(g) for g in runs.groups], note=runs.note,
+                        coverage=once.coverage)
+
+
 def step_cost(config: ml_collections.ConfigDict, backbone: Backbone, task_table, devices,
               accum: int, layers: int, compiled: jax.stages.Compiled) -> StepCost:
   """FLOPs and bytes accessed of one update, loops counted in full, and their attribution.

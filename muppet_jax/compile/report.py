@@ -79,9 +79,17 @@ class CompileReport:
   # (attribution.py): `groups` [{name, flops, bytes, hbm_bytes}], `top` (the heaviest
   # instructions with their JAX source), `coverage` (the groups' sums over XLA's totals).
   attribution: dict | None = None
-  # The part of the bytes in device memory (HBM): XLA's bytes accessed also charge traffic
-  # through on-chip memory (TPU memory space S(1)), so bytes / HBM bandwidth overstates the
-  # memory time; `roofline_hbm` is the same estimate from these bytes alone.
+  # The compiled step itself (the program that runs, layers scanned, slots accumulated in a
+  # loop), counted instruction by instruction with XLA's rules and every loop body times its
+  # trip count (XLA's cost analysis counts a body once, hence the unrolled programs behind
+  # `flops_per_step`): {flops, bytes, hbm_bytes, groups, note, coverage (the body-once count
+  # over XLA's cost analysis of the same executable)}. `roofline_executable` is the roofline
+  # from its bytes.
+  executable: dict | None = None
+  roofline_executable: Roofline | None = None
+  # The part of the executable's bytes in device memory (HBM): XLA's bytes accessed also charge
+  # traffic through on-chip memory (TPU memory space S(1)), so bytes / HBM bandwidth overstates
+  # the memory time; `roofline_hbm` is the estimate from these bytes alone.
   hbm_bytes_per_step: float | None = None
   roofline_hbm: Roofline | None = None
 
@@ -172,6 +180,12 @@ def format_report(report: CompileReport) -> str:
                  f'({r.bound}-bound; compute {r.compute_seconds * 1e3:.1f} ms at '
                  f'{r.peak_flops / 1e12:.0f} TFLOP/s, memory {r.memory_seconds * 1e3:.1f} ms at '
                  f'{r.memory_bandwidth / 1e9:.0f} GB/s; {r.source}); MFU <= {r.mfu_bound:.0%}')
+  e = report.roofline_executable
+  if e is not None:
+    lines.append(f'roofline of the executable as it runs, loops times their trip counts '
+                 f'({format_bytes(report.executable["bytes"])}, ESTIMATE): step >= '
+                 f'{e.step_seconds * 1e3:.1f} ms ({e.bound}-bound; memory '
+                 f'{e.memory_seconds * 1e3:.1f} ms); MFU <= {e.mfu_bound:.0%}')
   h = report.roofline_hbm
   if h is not None:
     lines.append(f'roofline from the HBM bytes only ({format_bytes(report.hbm_bytes_per_step)}'
