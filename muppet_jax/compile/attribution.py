@@ -159,24 +159,17 @@ def source_frame(module: HloModule, i: Instruction) -> int:
       return frame
   # A loop writing a value into its stacked result (a scan's saved residuals): the update's
   # source, not the scan machinery that the dynamic-update-slice itself comes from.
-  root = _through_views(fused, fused.root)
+  root = fused.behind(fused.root.name, _VIEWS)
   if root.opcode == 'dynamic-update-slice' and len(root.operands) > 1:
-    update = fused.by_name.get(root.operands[1])
-    update = update and _through_views(fused, update)
+    update = fused.behind(root.operands[1], _VIEWS)
     if update is not None and update.frame:
       return update.frame
   return fused.root.frame or i.frame or next(
       (x.frame for x in fused.instructions if x.frame), 0)
 
 
-def _through_views(computation, i: Instruction) -> Instruction:
-  """`i`, or what it reshapes, bitcasts or converts (what computes the value)."""
-  while i.opcode in ('bitcast', 'reshape', 'convert', 'copy') and i.operands:
-    operand = computation.by_name.get(i.operands[0])
-    if operand is None:
-      break
-    i = operand
-  return i
+# Instructions that only re-present a value (what computes it lies behind them).
+_VIEWS = ('bitcast', 'reshape', 'convert', 'copy')
 
 
 # What a fusion may hold and still only move data: a scan's per-layer slice of its stacked
@@ -254,16 +247,16 @@ def _source(module: HloModule, i: Instruction) -> str:
       if stack else ''
 
 
-def attribute(hlo_text: str, *, xla_flops: float | None = None,
+def attribute(hlo: str | HloModule, *, xla_flops: float | None = None,
               xla_bytes_accessed: float | None = None, top: int = 15,
               trip_counts: bool = False) -> Attribution:
-  """The attribution of one compiled program (`compiled.as_text()`).
+  """The attribution of one compiled program (`compiled.as_text()`, or that text parsed).
 
   Loop bodies count once, as XLA's cost analysis counts them (so that `coverage` compares like
   with like), or with `trip_counts` times the number of iterations the program runs
   (`hlo_cost.trip_count`): the cost of the program as it executes (`note` names any loop
   whose count the program does not say; it counts once)."""
-  module = hlo_lib.parse_module(hlo_text)
+  module = hlo if isinstance(hlo, HloModule) else hlo_lib.parse_module(hlo)
   model = CostModel(module)
   items: list = []
   unknown: list[str] = []

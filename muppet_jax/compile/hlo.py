@@ -151,6 +151,18 @@ class Computation:
   def root(self) -> Instruction:
     return self.instructions[-1]
 
+  def behind(self, name: str, views: tuple[str, ...] = ('copy', 'bitcast')
+             ) -> Instruction | None:
+    """The instruction `name`, or the one it is a view of through the `views` opcodes (copies
+    and bitcasts by default): what computes the value. None for an unknown name."""
+    instruction = self.by_name.get(name)
+    while instruction is not None and instruction.opcode in views and instruction.operands:
+      operand = self.by_name.get(instruction.operands[0])
+      if operand is None:
+        break
+      instruction = operand
+    return instruction
+
 
 @dataclasses.dataclass(frozen=True)
 class Frame:

@@ -422,21 +422,14 @@ def trip_count(module: hlo_lib.HloModule, computation: str, loop: Instruction) -
   if condition is None or body is None or parent is None or len(loop.operands) != 1:
     return None
 
-  def source(comp: hlo_lib.Computation, name: str) -> Instruction | None:
-    """The instruction behind `name`, through copies and bitcasts."""
-    instruction = comp.by_name.get(name)
-    while instruction is not None and instruction.opcode in ('copy', 'bitcast'):
-      instruction = comp.by_name.get(instruction.operands[0])
-    return instruction
-
   def constant(comp: hlo_lib.Computation, name: str) -> int | None:
-    instruction = source(comp, name)
+    instruction = comp.behind(name)
     if instruction is None or instruction.opcode != 'constant':
       return None
     return int(instruction.literal) if re.fullmatch(r'-?\d+', instruction.literal) else None
 
   def element(comp: hlo_lib.Computation, name: str) -> int | None:
-    instruction = source(comp, name)
+    instruction = comp.behind(name)
     if instruction is None or instruction.opcode != 'get-tuple-element':
       return None
     index = re.search(r'\bindex=(\d+)', instruction.attributes)

@@ -16,6 +16,7 @@ from flax import nnx
 from muppet_jax import sharding
 from muppet_jax import train
 from muppet_jax.compile import attribution
+from muppet_jax.compile import hlo
 from muppet_jax.compile.backbone import Backbone, with_layers
 from muppet_jax.data.features import BatchShape
 from muppet_jax.models import muppet
@@ -106,12 +107,12 @@ class ExecutableCost:
 
 def executable_cost(compiled: jax.stages.Compiled) -> ExecutableCost:
   """`ExecutableCost` of a compiled step."""
-  text = compiled.as_text()
+  module = hlo.parse_module(compiled.as_text())  # Parsed once for both counts.
   cost = xla_cost(compiled)
   once = attribution.attribute(
-      text, xla_flops=float(cost['flops']) if 'flops' in cost else None,
+      module, xla_flops=float(cost['flops']) if 'flops' in cost else None,
       xla_bytes_accessed=float(cost['bytes accessed']) if 'bytes accessed' in cost else None)
-  runs = attribution.attribute(text, trip_counts=True)
+  runs = attribution.attribute(module, trip_counts=True)
   return ExecutableCost(flops=runs.flops, bytes=runs.bytes, hbm_bytes=runs.hbm_bytes,
                         groups=[dataclasses.asdict(g) for g in runs.groups], note=runs.note,
                         coverage=once.coverage)
