@@ -143,6 +143,10 @@ def default() -> ml_collections.ConfigDict:
   c.optim.decay_norms_and_biases = True
   c.optim.clip_norm = 0.0  # Global gradient-norm clipping (0 = off, fairseq's default).
   c.optim.shard_moments = False  # ZeRO-1: split Adam moments over mesh.data (1/D memory each).
+  # Split the float32 master weights over mesh.data too: each update gathers them once and
+  # reduce-scatters the gradient, and the optimizer updates each shard in place (no full
+  # copy of the weights in or out of the step).
+  c.optim.shard_params = False
 
   # --- Evaluation: span decoding (SQuAD EM/F1) and generation for summarization (ROUGE) ----
   c.eval = ml_collections.ConfigDict()

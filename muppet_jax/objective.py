@@ -397,7 +397,7 @@ def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: T
   dropout_key, noise_key = split_slot_rng(rng)
   graphdef, state = nnx.split(model)
   if settings.matmul_dtype:
-    state = _cast_matmul_kernels(state, jnp.dtype(settings.matmul_dtype))
+    state = cast_matmul_kernels(state, jnp.dtype(settings.matmul_dtype))
 
   def private_copy(state):
     # A fresh copy inside the branch's trace: dropout streams can advance freely here, and
@@ -467,7 +467,7 @@ def _dispatch(model: MuppetModel, batch: Batch, rng: jax.Array, *, task_table: T
   return jax.tree.map(lambda x: jnp.where(present, x, jnp.zeros_like(x)), result)
 
 
-def _cast_matmul_kernels(state: nnx.State, dtype) -> nnx.State:
+def cast_matmul_kernels(state: nnx.State, dtype) -> nnx.State:
   """`state` with every matmul kernel (a float32 parameter named `kernel`) cast to `dtype`.
   Linear layers cast their kernel to the compute dtype anyway; doing it here, once, before a
   scan over the layers, keeps the float32 weights from being read in every pass."""

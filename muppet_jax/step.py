@@ -17,6 +17,7 @@ collective sits outside the branches and the scan.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax
@@ -71,12 +72,17 @@ def _per_task(task_id: jax.Array, value: jax.Array, num_tasks: int) -> jax.Array
 
 def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
                      settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh,
-                     rng_impl: str = 'threefry'):
+                     rng_impl: str = 'threefry', grad_specs=None):
   """Returns `(params, rest, batch [A, D, ...], rng, step) -> (grads, metric_sums)`.
 
   `grads` is the average over the S = A x D slots of each slot's gradient; `metric_sums` are
   sums over the slots (per-task arrays of size T). `rng` is the base key's data for the
   generator `rng_impl` (rng.py).
+
+  `grad_specs` (a PartitionSpec per parameter; default: all replicated) says how the average
+  leaves: a leaf whose spec splits a dimension over `data` is reduce-scattered onto that split
+  (`optim.shard_params`: each device gets the sum of its own shard only, half the bytes of an
+  all-reduce), every other leaf is all-reduced.
   """
   num_tasks = len(task_table)
   num_devices = mesh.shape[DATA]
@@ -92,8 +98,9 @@ def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
 
   grad_fn = jax.value_and_grad(slot_objective, has_aux=True)
 
-  def per_device(params, rest, batch, rng, step):
-    """Runs on one device: batch fields are [A, 1, ...] (this device's slots)."""
+  def per_device(specs, dtypes, params, rest, batch, rng, step):
+    """Runs on one device: batch fields are [A, 1, ...] (this device's slots); `specs` are the
+    gradients' out_specs, `dtypes` the parameters' own (their gathered copies may be cast)."""
     # Make the replicated parameters device-varying before grad/switch (see the module doc).
     params = jax.tree.map(lambda p: jax.lax.pcast(p, DATA, to='varying'), params)
     rest = jax.tree.map(lambda p: jax.lax.pcast(p, DATA, to='varying'), rest)
@@ -121,7 +128,11 @@ def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
           'task_correct': _per_task(task, m.correct, num_tasks),
           'tokens': tokens.astype(jnp.float32),
       }
-      grads_sum = jax.tree.map(jnp.add, grads_sum, grads)
+      # A kernel gathered in the matmul dtype has its gradient in that dtype: the master's
+      # gradient is the same value (the model's cast of a master kernel transposes to this
+      # conversion), summed in the master's dtype. Not upcasting the kernel itself: XLA may
+      # drop a bfloat16 -> float32 -> bfloat16 round trip and gather float32 again.
+      grads_sum = jax.tree.map(lambda s, g: s + g.astype(s.dtype), grads_sum, grads)
       metric_sums = jax.tree.map(jnp.add, metric_sums, sums)
       return (grads_sum, metric_sums), None
 
@@ -131,7 +142,7 @@ def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
             'task_loss', 'task_unscaled_loss', 'task_sym_kl', 'task_slots', 'task_examples',
             'task_correct')}}
     zero_metrics = jax.tree.map(lambda x: jax.lax.pcast(x, DATA, to='varying'), zero_metrics)
-    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    zero_grads = jax.tree.map(lambda p, d: jnp.zeros_like(p, dtype=d), params, dtypes)
     if accum_steps == 1:
       # No loop at A = 1: XLA:TPU hoists a copy of the forward out of a one-trip loop and
       # keeps the one inside (loop-invariant code motion), running the forward twice.
@@ -143,26 +154,57 @@ def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
           accumulate, (zero_grads, zero_metrics), (jnp.arange(accum_steps), local))
     # The only collectives of the step: add the (pre-scaled) gradients and the metrics over
     # all S slots: the gradients' sum is their average.
-    grads = jax.lax.psum(grads_sum, DATA)
+    grads = jax.tree.map(_sum_over_data, grads_sum, specs)
     metric_sums = jax.lax.psum(metric_sums, DATA)
     return grads, metric_sums
 
-  return jax.shard_map(
-      per_device, mesh=mesh, in_specs=(P(), P(), P(None, DATA), P(), P()),
-      out_specs=(P(), P()), axis_names=sharding.manual_axes(mesh))
+  def gradients(params, rest, batch, rng, step):
+    specs = (jax.tree.map(lambda _: P(), params) if grad_specs is None else
+             jax.tree.map(_data_only, grad_specs, params))
+    dtypes = jax.tree.map(lambda p: p.dtype, params)
+    if grad_specs is not None and settings.matmul_dtype:
+      # Split weights are gathered into every device at the shard_map's entry: cast the
+      # matmul kernels on the shards first, so that the gather moves half the bytes (the
+      # model casts them to this dtype anyway, `objective.cast_matmul_kernels`).
+      # Pinned to the weights' split: otherwise XLA may gather first and cast after.
+      params = jax.lax.with_sharding_constraint(
+          objective.cast_matmul_kernels(params, jnp.dtype(settings.matmul_dtype)),
+          jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), grad_specs))
+    return jax.shard_map(
+        functools.partial(per_device, specs, dtypes), mesh=mesh,
+        in_specs=(P(), P(), P(None, DATA), P(), P()), out_specs=(specs, P()),
+        axis_names=sharding.manual_axes(mesh))(params, rest, batch, rng, step)
+
+  return gradients
+
+
+def _data_only(spec: P, _) -> P:
+  """`spec` with only its `data` entries (the axis the gradient function is manual over)."""
+  return P(*[DATA if DATA in jax.tree.leaves(entry) else None for entry in spec])
+
+
+def _sum_over_data(grad: jax.Array, spec: P) -> jax.Array:
+  """The sum of `grad` over the devices of `data`: reduce-scattered onto the dimension `spec`
+  splits over `data`, else all-reduced."""
+  for dim, entry in enumerate(spec):
+    if entry == DATA:
+      return jax.lax.psum_scatter(grad, DATA, scatter_dimension=dim, tiled=True)
+  return jax.lax.psum(grad, DATA)
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, task_table: TaskTable,
                     settings: objective.ObjectiveSettings, mesh: jax.sharding.Mesh,
-                    rng_impl: str = 'threefry'
+                    rng_impl: str = 'threefry', grad_specs=None
                     ) -> Callable[[TrainState, dict[str, jax.Array]],
                                   tuple[TrainState, StepMetrics]]:
   """Returns the pure train step `(state, batch [A, D, ...]) -> (state, metrics)`.
 
-  Jit it where it is called, with the state's shardings and `donate_argnums=0`.
+  Jit it where it is called, with the state's shardings and `donate_argnums=0`. `grad_specs`:
+  the parameters' PartitionSpecs when they are split over `data` (`optim.shard_params`), so
+  that the gradients are reduce-scattered onto the same split (`make_gradient_fn`).
   """
-  gradients = make_gradient_fn(graphdef, task_table, settings, mesh, rng_impl)
+  gradients = make_gradient_fn(graphdef, task_table, settings, mesh, rng_impl, grad_specs)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
     grads, sums = gradients(state.params, state.rest, batch, state.rng, state.step)

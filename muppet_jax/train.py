@@ -200,7 +200,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> RunResult:
   program = step_program(config, graphdef, data.task_table, data.vocab.vocab_size)
   settings = program.settings
   state = initial_state(config, params, rest, program.tx, program.rng_impl)
-  state_sharding = state_shardings(layout, state, program.tx, bool(config.optim.shard_moments))
+  state_sharding = state_shardings(layout, state, program.tx, bool(config.optim.shard_moments),
+                                   bool(config.optim.shard_params))
   state = sharding.put_global(state, state_sharding)
 
   # ----- 4. Restore ---------------------------------------------------------------------------
@@ -423,12 +424,15 @@ def initial_state(config: ml_collections.ConfigDict, params: nnx.State, rest: nn
 
 
 def state_shardings(layout: sharding.MeshLayout, state: step_lib.TrainState, tx,
-                    shard_moments: bool) -> step_lib.TrainState:
-  """Parameters from their logical axes; the optimizer's moments like their parameters (and
-  over `data` too with `optim.shard_moments`); everything else replicated. `state` may be
-  concrete or abstract (only shapes are read)."""
+                    shard_moments: bool, shard_params: bool = False) -> step_lib.TrainState:
+  """Parameters from their logical axes (and over `data` too with `optim.shard_params`); the
+  optimizer's moments like their parameters (and over `data` too with `optim.shard_moments`);
+  everything else replicated. `state` may be concrete or abstract (only shapes are read)."""
   replicated = layout.replicated
   params = sharding.state_shardings(layout.mesh, state.params)
+  if shard_params:
+    params = jax.tree.map(lambda s, x: sharding.shard_over_data(s, x.shape), params,
+                          state.params)
   return step_lib.TrainState(
       step=replicated, params=params,
       rest=jax.tree.map(lambda _: replicated, state.rest),
@@ -447,7 +451,8 @@ def jit_train_step(program: StepProgram, layout: sharding.MeshLayout,
   donated, so that its buffers are reused for the new state (no second copy in memory)."""
   step = step_lib.make_train_step(program.graphdef, program.tx, program.schedule,
                                   program.task_table, program.settings, layout.mesh,
-                                  rng_impl=program.rng_impl)
+                                  rng_impl=program.rng_impl,
+                                  grad_specs=jax.tree.map(lambda s: s.spec, state_sharding.params))
   return jax.jit(step, in_shardings=(state_sharding, layout.batch_sharding),
                  out_shardings=(state_sharding, layout.replicated), donate_argnums=0)
 

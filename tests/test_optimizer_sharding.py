@@ -1,6 +1,10 @@
 """ZeRO-1 (`optim.shard_moments`): Adam's moments split over the mesh's data axis, on 8 fake CPU
 devices. The update must be the same as with replicated moments; each device holds 1/D of
-every moment that D divides."""
+every moment that D divides. `optim.shard_params`: the weights split the same way, gathered
+once per update (matmul kernels in the matmul dtype) and the gradients reduce-scattered."""
+
+import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +89,83 @@ def test_sharded_moments_give_the_same_update_with_1_over_d_of_the_memory(tmp_pa
   # Replicated moments: every device holds all of them.
   replicated = [x for x in jax.tree.leaves(results[False].opt_state) if x.ndim > 0]
   assert all(x.addressable_shards[0].data.shape == x.shape for x in replicated)
+
+
+def _compiled_collectives(compiled) -> dict[str, set[str]]:
+  """{opcode: dtypes of its results} of the all-gathers, all-reduces and reduce-scatters."""
+  found: dict[str, set[str]] = {}
+  for dtype, op in re.findall(r'= \(?(\w+)\[[^\n]*? (all-gather|all-reduce|reduce-scatter)\(',
+                              compiled.as_text()):
+    found.setdefault(op, set()).add(dtype)
+  return found
+
+
+def _gradient_input_dtypes(step_fn, state, batch) -> set[str]:
+  """The dtypes of the weights that enter the step's shard_map (its first argument)."""
+  jaxpr = jax.make_jaxpr(step_fn)(state, batch)
+  (eqn,) = [e for e in jaxpr.eqns if e.primitive.name == 'shard_map']
+  # Its operands end with (params, rest, batch, rng, step), flattened (constants come first).
+  args = (state.params, state.rest, batch, state.rng, state.step)
+  operands = eqn.invars[len(eqn.invars) - len(jax.tree.leaves(args)):]
+  return {str(v.aval.dtype) for v in operands[:len(jax.tree.leaves(state.params))]}
+
+
+@pytest.mark.parametrize('matmul_dtype', ['', 'bfloat16'])
+def test_sharded_params_give_the_same_update_gathered_once_and_reduce_scattered(
+    tmp_path_factory, matmul_dtype):
+  config, vocab, table, subs, model = _setup(str(tmp_path_factory.mktemp('tok')))
+  layout = sharding.make_mesh(type('MeshConfig', (), {'data': 8, 'model': 1}))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optim.build(config.optim, 10)
+  schedule = optim.learning_rate_schedule(config.optim, 10)
+  settings = dataclasses.replace(
+      objective.ObjectiveSettings.from_config(config, vocab.vocab_size),
+      matmul_dtype=matmul_dtype)
+  global_batch = sharding.global_batch(layout, _stack(subs, 1, 8))
+
+  results, collectives, gathered = {}, {}, {}
+  for shard_params in (False, True):
+    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                                opt_state=tx.init(params),
+                                rng=jax.random.key_data(jax.random.key(3)))
+    shardings = train.state_shardings(layout, state, tx, shard_moments=True,
+                                      shard_params=shard_params)
+    step_fn = step_lib.make_train_step(
+        graphdef, tx, schedule, table, settings, layout.mesh,
+        grad_specs=jax.tree.map(lambda s: s.spec, shardings.params) if shard_params else None)
+    state = sharding.put_global(state, shardings)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, layout.batch_sharding),
+                     out_shardings=(shardings, layout.replicated), donate_argnums=0)
+    collectives[shard_params] = _compiled_collectives(
+        jitted.lower(state, global_batch).compile())
+    gathered[shard_params] = _gradient_input_dtypes(step_fn, state, global_batch)
+    metrics = []
+    for _ in range(3):
+      state, m = jitted(state, global_batch)
+      metrics.append((float(m.loss), float(m.grad_norm)))
+    results[shard_params] = (state, metrics)
+
+  (plain, plain_metrics), (split, split_metrics) = results[False], results[True]
+  # The same update: the gradient of the same weights, summed in another order at most.
+  np.testing.assert_allclose(split_metrics, plain_metrics, rtol=1e-5)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(plain.params)[0],
+                          jax.tree.leaves(split.params)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6,
+                               err_msg=jax.tree_util.keystr(path))
+  # Every weight with a dimension 8 divides is split 8 ways (the replicated run: whole).
+  for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(split.params)):
+    assert a.addressable_shards[0].data.shape == a.shape
+    if any(n % 8 == 0 for n in b.shape):
+      assert np.prod(b.addressable_shards[0].data.shape) * 8 == np.prod(b.shape), b.shape
+  # Gradients: all-reduced (replicated weights) or reduce-scattered (split weights; only the
+  # few indivisible leaves and the metrics are still all-reduced).
+  assert 'reduce-scatter' not in collectives[False]
+  assert 'f32' in collectives[False]['all-reduce']
+  assert 'f32' in collectives[True]['reduce-scatter']
+  # ZeRO-1 too gathers (the updated weights, at the end of the update).
+  assert collectives[False]['all-gather'] == {'f32'}
+  # What the per-device gradient program receives (gathered at its entry): the weights in
+  # float32, and with split weights and a bfloat16 matmul dtype the matmul kernels cast
+  # before the gather (XLA:CPU then gathers bfloat16 as float32; XLA:TPU gathers bfloat16).
+  assert gathered[False] == {'float32'}
+  assert gathered[True] == ({'float32', 'bfloat16'} if matmul_dtype else {'float32'})

@@ -232,13 +232,15 @@ def test_devices_times_accumulation_invariance(tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_moments_train_and_resume_either_way(tmp_path):
-  """optim.shard_moments (ZeRO-1) trains to the same parameters as replicated moments, and a
-  checkpoint written with one setting resumes with the other (orbax reshards the moments)."""
+@pytest.mark.parametrize('option', ['optim.shard_moments', 'optim.shard_params'])
+def test_sharded_state_trains_and_resumes_either_way(tmp_path, option):
+  """optim.shard_moments (ZeRO-1) and optim.shard_params (the weights split too, gathered per
+  update, gradients reduce-scattered) train to the same parameters as a replicated state, and
+  a checkpoint written with one setting resumes with the other (orbax reshards the arrays)."""
   replicated = tmp_path / 'replicated'
   train.run(_small_demo_config(**{'mesh.data': 4}), str(replicated))
   zero = tmp_path / 'zero'
-  result = train.run(_small_demo_config(**{'mesh.data': 4, 'optim.shard_moments': True,
+  result = train.run(_small_demo_config(**{'mesh.data': 4, option: True,
                                            'train.checkpoint_every': 1}), str(zero))
   assert result.step == 3
   _assert_trees_close(_final_params(zero, 3), _final_params(replicated, 3), 1e-6)

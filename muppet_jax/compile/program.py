@@ -66,7 +66,8 @@ def abstract_step(config: ml_collections.ConfigDict, backbone: Backbone, task_ta
   state = jax.eval_shape(
       lambda p, r: train.initial_state(config, p, r, program.tx, program.rng_impl), params, rest)
   state_sharding = train.state_shardings(layout, state, program.tx,
-                                         bool(config.optim.shard_moments))
+                                         bool(config.optim.shard_moments),
+                                         bool(config.optim.get('shard_params', False)))
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
                        state_sharding)
   return AbstractStep(jitted=train.jit_train_step(program, layout, state_sharding), state=state,
