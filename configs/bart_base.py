@@ -41,6 +41,6 @@ def get_config():
   c.optim.shard_moments = True
   # Master weights split over mesh.data as well (with their moments): each update gathers the
   # matmul kernels once in bfloat16 and reduce-scatters the gradient, and no full copy of the
-  # weights goes into or out of the step (v5e-64 executable: 18.4 -> 16.1 GB, docs/COMPILE.md).
+  # weights goes into or out of the step (v5e-64 executable: 18.4 -> 15.7 GB, docs/COMPILE.md).
   c.optim.shard_params = True
   return config_lib.lock(c)

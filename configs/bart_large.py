@@ -37,6 +37,7 @@ def get_config():
   c.optim.shard_moments = True  # ZeRO-1: each data replica keeps 1/D of the Adam moments.
   # Master weights split over mesh.data as well (with their moments): each update gathers the
   # matmul kernels once in bfloat16 and reduce-scatters the gradient, and no full copy of the
-  # weights goes into or out of the step (v5e-64 executable: R3F on 70.2 -> 57.6 GB, docs/COMPILE.md).
+  # weights goes into or out of the step (v5e-64 executable, R3F on: 70.2 -> 57.6 GB,
+  # docs/COMPILE.md).
   c.optim.shard_params = True
   return config_lib.lock(c)

@@ -36,6 +36,6 @@ def get_config():
   # per update); with the weights split (below) the moments follow them.
   # Master weights split over mesh.data as well (with their moments): each update gathers the
   # matmul kernels once in bfloat16 and reduce-scatters the gradient, and no full copy of the
-  # weights goes into or out of the step (v5e-64 executable: 27.8 -> 22.8 GB, docs/COMPILE.md).
+  # weights goes into or out of the step (v5e-64 executable: 27.8 -> 22.7 GB, docs/COMPILE.md).
   c.optim.shard_params = True
   return config_lib.lock(c)
