@@ -93,6 +93,7 @@ class Run:
             [sys.executable, '-m', 'muppet_jax.main', '--config', 'configs/demo.py',
              '--workdir', self.workdir, *OVERRIDES], cwd=REPO, env=env,
             stdout=subprocess.DEVNULL, stderr=err))
+    _STARTED.append(self)
 
   def stderr(self, i: int) -> str:
     with open(self.errs[i]) as f:
@@ -137,6 +138,18 @@ class Run:
         p.send_signal(signal.SIGCONT)
         p.kill()
         p.wait()
+
+
+# Every run a test starts, so that a failing assertion cannot leave one behind (a frozen
+# process, SIGSTOPped by stage 3, would outlive the test run).
+_STARTED: list[Run] = []
+
+
+@pytest.fixture(autouse=True)
+def _end_every_run():
+  yield
+  while _STARTED:
+    _STARTED.pop().end()
 
 
 def _params(workdir):
