@@ -166,7 +166,9 @@ def make_gradient_fn(graphdef: nnx.GraphDef, task_table: TaskTable,
       # Split weights are gathered into every device at the shard_map's entry: cast the
       # matmul kernels on the shards first, so that the gather moves half the bytes (the
       # model casts them to this dtype anyway, `objective.cast_matmul_kernels`).
-      # Pinned to the weights' split: otherwise XLA may gather first and cast after.
+      # Pinned to the weights' split: otherwise XLA may gather first and cast after. (Whole
+      # weights, as `train.jit_train_step` passes their specs too, take the same path: the
+      # cast then runs once per update instead of once per slot, with the same values.)
       params = jax.lax.with_sharding_constraint(
           objective.cast_matmul_kernels(params, jnp.dtype(settings.matmul_dtype)),
           jax.tree.map(lambda spec: jax.sharding.NamedSharding(mesh, spec), grad_specs))
