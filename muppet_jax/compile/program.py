@@ -67,7 +67,7 @@ def abstract_step(config: ml_collections.ConfigDict, backbone: Backbone, task_ta
       lambda p, r: train.initial_state(config, p, r, program.tx, program.rng_impl), params, rest)
   state_sharding = train.state_shardings(layout, state, program.tx,
                                          bool(config.optim.shard_moments),
-                                         bool(config.optim.get('shard_params', False)))
+                                         bool(config.optim.shard_params))
   state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state,
                        state_sharding)
   return AbstractStep(jitted=train.jit_train_step(program, layout, state_sharding), state=state,
