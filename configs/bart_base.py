@@ -25,6 +25,9 @@ def get_config():
   # (docs/COMPILE.md). --config.model.dtype=float32 for full-precision activations.
   c.model.dtype = 'bfloat16'
   c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
+  # Embedding rows padded 50,265 -> 50,304, so that they split over 64 (or 32) devices: the
+  # table's gather and its gradient's reduction need no transposed float32 copies of it.
+  c.model.vocab_multiple = 128
   c.data.mixture = 'muppet_all'  # Classification, commonsense, MRC and summarization.
   c.data.rows = 1  # One 1,024-token row per device (paper: max tokens 1,024).
   c.data.length = 1024

@@ -26,6 +26,9 @@ def get_config():
   # FLOPs); 'dots_saveable' fits in 7.4 GiB and is the fastest of the three.
   c.model.remat = 'dots_saveable'
   c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
+  # Embedding rows padded 50,265 -> 50,304, so that they split over 64 (or 32) devices: the
+  # table's gather and its gradient's reduction need no transposed float32 copies of it.
+  c.model.vocab_multiple = 128
   c.data.mixture = 'muppet_encoder'
   c.data.rows = 8  # 8 x 512 tokens per device.
   c.data.length = 512

@@ -145,6 +145,7 @@ def build_model(config: ml_collections.ConfigDict, data: DataSetup,
                                   remat=config.model.remat,
                                   scan_layers=config.model.get('scan_layers', False),
                                   attention_implementation=config.model.get('attention', 'xla'),
+                                  vocab_multiple=config.model.get('vocab_multiple', 0),
                                   rngs=rngs,
                                   overrides=dropout_overrides(config))
     if hf_config.model_type != config.model.type:

@@ -36,6 +36,13 @@ def default() -> ml_collections.ConfigDict:
   c.model.intermediate_size = 3072  # Feed-forward width.
   c.model.max_position_embeddings = 514  # RoBERTa: 512 + padding offset 2; BART: 1024.
   c.model.vocab_size = 0  # 0: the tokenizer's vocabulary size.
+  # Round the token-embedding table's rows up to a multiple of this (0: no padding), e.g. 128:
+  # RoBERTa/BART's 50,265 rows become 50,304, which 64 (or 32, ...) devices split evenly, so
+  # that `optim.shard_params` / `shard_moments` split the table's rows instead of its hidden
+  # dimension (whose gathers and gradient reductions then need transposed float32 copies of
+  # the whole table). The extra rows are zero, never looked up and get no LM logits; Hugging
+  # Face exports drop them.
+  c.model.vocab_multiple = 0
   c.model.dropout = 0.1  # Hidden dropout (paper: 0.1).
   c.model.attention_dropout = 0.1  # Attention-probability dropout.
   # Dropout of every classification and multiple-choice head (exported as HF
@@ -248,6 +255,7 @@ _RULES: tuple[_Rule, ...] = (
     ('model.attention_dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
     ('model.head_dropout', lambda v: _num(v) and 0 <= v < 1, 'a rate in [0, 1)'),
     ('model.vocab_size', lambda v: _int(v) and v >= 0, '>= 0 (0 = the tokenizer size)'),
+    ('model.vocab_multiple', lambda v: _int(v) and v >= 0, '>= 0 (0 = no padding)'),
     ('data.num_tasks', lambda v: _int(v) and (v == -1 or v >= 1), '-1 (all tasks) or >= 1'),
     ('data.required_tasks', lambda v: isinstance(v, str), 'comma-separated task names'),
     ('data.excluded_tasks', lambda v: isinstance(v, str), 'comma-separated task names'),

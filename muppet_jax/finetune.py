@@ -94,6 +94,8 @@ def adopt(config: ml_collections.ConfigDict, pre: PreFinetuned) -> ml_collection
   pre_model, pre_data = pre.config['model'], pre.config['data']
   config.model.type = pre_model['type']
   config.model.init_from = ''  # The backbone comes from the checkpoint.
+  # The checkpoint's table has the pre-finetuned run's (padded) rows.
+  config.model.vocab_multiple = pre_model.get('vocab_multiple', 0)
   tokenizer = pre_data['tokenizer'] or pre_model['init_from']
   if tokenizer == 'demo':  # The demo BPE is cached in the pre-finetuned workdir.
     from muppet_jax.data import demo  # pylint: disable=g-import-not-at-top

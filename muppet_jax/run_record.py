@@ -42,8 +42,8 @@ CONFIG_FILENAME = 'config.json'
 INCOMPATIBLE = (
     'model.type', 'model.init_from', 'model.hidden_size', 'model.num_layers',
     'model.num_heads', 'model.intermediate_size', 'model.max_position_embeddings',
-    'model.vocab_size', 'model.scan_layers', 'data.tokenizer', 'data.mixture',
-    'data.num_tasks', 'data.required_tasks', 'data.excluded_tasks', 'data.subset_seed',
+    'model.vocab_size', 'model.vocab_multiple', 'model.scan_layers', 'data.tokenizer',
+    'data.mixture', 'data.num_tasks', 'data.required_tasks', 'data.excluded_tasks', 'data.subset_seed',
     'data.rows', 'data.length', 'data.max_examples', 'data.max_choices',
     'data.decoder_length', 'data.span_stride', 'finetune.from_workdir',
     # The dropout generator's key has another shape (threefry: 2 words, rbg: 4) in the state.
@@ -52,7 +52,8 @@ INCOMPATIBLE = (
 _SHAPE = ('model.hidden_size', 'model.num_layers', 'model.num_heads', 'model.intermediate_size',
           'model.max_position_embeddings')
 # A fine-tuning run's model and tokenizer are its finetune.from_workdir run's (`finetune.adopt`).
-_ADOPTED = ('model.type', 'model.init_from', 'data.tokenizer', 'model.vocab_size') + _SHAPE
+_ADOPTED = ('model.type', 'model.init_from', 'data.tokenizer', 'model.vocab_size',
+            'model.vocab_multiple') + _SHAPE
 # Only choose among the mixture's tasks when data.num_tasks selects some.
 _SELECTION = ('data.required_tasks', 'data.subset_seed')
 # Changes that leave what the run computes as it was (prefixes).

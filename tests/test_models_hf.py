@@ -218,6 +218,63 @@ def test_roberta_save_roundtrip(roberta_ref, scan, tmp_path):
   assert not info['mismatched_keys'], info
 
 
+def _vocab_grad(model, table_of, use):
+  """Gradient of sum(use(model)) with respect to the token-embedding table."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params):
+    return jnp.sum(use(nnx.merge(graphdef, params, rest)))
+
+  return np.asarray(table_of(nnx.merge(graphdef, jax.grad(loss)(params), rest))[...])
+
+
+@pytest.mark.parametrize('model_type', ['roberta', 'bart'])
+def test_padded_vocabulary_runs_and_saves_as_transformers(roberta_ref, bart_ref, model_type,
+                                                           tmp_path):
+  """`vocab_multiple`: 100 rows become 128 (zeros); outputs, LM logits and the saved checkpoint
+  are transformers' own, and the extra rows get no gradient."""
+  ref = roberta_ref if model_type == 'roberta' else bart_ref
+  model, config = hf.load(ref['path'], vocab_multiple=64)
+  assert config.vocab_size == 100  # The transformers config keeps the real vocabulary.
+  table_of = ((lambda m: m.embeddings.word_embeddings.embedding) if model_type == 'roberta'
+              else (lambda m: m.shared.embedding))
+  table = np.asarray(table_of(model)[...])
+  state = _torch_state(ref['model'])
+  hf_table = state['embeddings.word_embeddings.weight' if model_type == 'roberta'
+                   else 'model.shared.weight']
+  assert table.shape == (128, 32)
+  np.testing.assert_array_equal(table[:100], hf_table)
+  np.testing.assert_array_equal(table[100:], 0)
+  ids, mask = jnp.asarray(IDS), jnp.asarray(MASK)
+  if model_type == 'roberta':
+    assert _max_diff(model(ids, mask), ref['hidden'], MASK) < TOL
+    use = lambda m: m(ids, mask)  # pylint: disable=unnecessary-lambda-assignment
+  else:
+    expected = _bart_reference(ref['model'])
+    hidden = model(ids, mask, jnp.asarray(DEC_IDS), jnp.asarray(DEC_MASK))
+    logits = model.lm_logits(hidden)
+    assert logits.shape == (3, 6, 100)  # No logits for the padding rows.
+    assert _max_diff(logits, expected['logits'], DEC_MASK) < TOL
+    use = lambda m: m.lm_logits(  # pylint: disable=unnecessary-lambda-assignment
+        m(ids, mask, jnp.asarray(DEC_IDS), jnp.asarray(DEC_MASK)))
+  grad = _vocab_grad(model, table_of, use)
+  assert np.abs(grad[:100]).max() > 0
+  np.testing.assert_array_equal(grad[100:], 0)
+  hf.save(model, config, str(tmp_path))
+  saved = safetensors.numpy.load_file(str(tmp_path / 'model.safetensors'))
+  original = safetensors.numpy.load_file(os.path.join(ref['path'], 'model.safetensors'))
+  assert set(saved) == set(original)
+  for name, value in original.items():
+    assert np.array_equal(saved[name], value), name
+  # A random-init padded model: real rows random (the padding index zero), extra rows zero.
+  built = hf.build(config, vocab_multiple=48, rngs=nnx.Rngs(0))
+  table = np.asarray(table_of(built)[...])
+  assert table.shape == (144, 32) and np.all(table[100:] == 0) and np.all(table[PAD] == 0)
+  assert np.abs(table[:100]).sum(axis=1).min() == 0 and np.count_nonzero(
+      np.abs(table[:100]).sum(axis=1)) == 99
+  assert attention.padded_rows(50265, 128) == 50304 and attention.padded_rows(100, 0) == 100
+
+
 def test_roberta_packed_segments_match_unpacked(roberta_ref):
   model, _ = hf.load(roberta_ref['path'])
   segments = [[0, 5, 6, 7, 2], [0, 8, 9, 10, 11, 12, 2], [0, 13, 2]]

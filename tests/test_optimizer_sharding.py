@@ -18,6 +18,8 @@ from muppet_jax import optim
 from muppet_jax import sharding
 from muppet_jax import step as step_lib
 from muppet_jax import train
+from muppet_jax.models import hf
+from muppet_jax.models import muppet
 from test_step import _setup, _stack  # pylint: disable=wrong-import-order
 
 
@@ -169,3 +171,69 @@ def test_sharded_params_give_the_same_update_gathered_once_and_reduce_scattered(
   # before the gather (XLA:CPU then gathers bfloat16 as float32; XLA:TPU gathers bfloat16).
   assert gathered[False] == {'float32'}
   assert gathered[True] == ({'float32', 'bfloat16'} if matmul_dtype else {'float32'})
+
+
+def test_padded_vocabulary_trains_like_the_real_one_with_its_rows_split(tmp_path_factory):
+  """`model.vocab_multiple`: the same updates as the unpadded table (summarization slots, whose
+  LM head reads the table, included); the extra rows stay zero; the rows split over `data`."""
+  config, vocab, table, subs, model = _setup(str(tmp_path_factory.mktemp('tok')))
+  real = vocab.vocab_size
+  multiple = 64 if real % 64 else 128  # Rows that 8 divides, and more of them than now.
+  padded_rows = -(-real // multiple) * multiple
+  config = config.copy_and_resolve_references()
+  config.model.vocab_multiple = multiple
+  hf_config = hf.config_from_shape(  # As `_setup` builds the real model.
+      'bart', hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+      max_position_embeddings=80, vocab_size=real, dropout=0.1, attention_dropout=0.1,
+      pad_token_id=vocab.pad_id, bos_token_id=vocab.bos_id, eos_token_id=vocab.eos_id)
+  padded = muppet.build_model(config, hf_config, table, rngs=nnx.Rngs(params=0, dropout=1))
+  # The same weights: the real model's table, zero rows below it.
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  padded_graphdef, padded_init, _ = nnx.split(padded, nnx.Param, ...)
+
+  def pad(value):  # Only the token table has `real` rows (BART's logits bias is not a Param).
+    if value.ndim == 2 and value.shape[0] == real:
+      return jnp.pad(value, ((0, padded_rows - real), (0, 0)))
+    return value
+
+  padded_params = jax.tree.map(pad, params)
+  assert jax.tree.map(jnp.shape, padded_params) == jax.tree.map(jnp.shape, padded_init)
+  layout = sharding.make_mesh(type('MeshConfig', (), {'data': 8, 'model': 1}))
+  tx = optim.build(config.optim, 10)
+  schedule = optim.learning_rate_schedule(config.optim, 10)
+  settings = objective.ObjectiveSettings.from_config(config, real)
+  global_batch = sharding.global_batch(layout, _stack(subs, 1, 8))
+
+  results = {}
+  for name, (gd, ps) in {'real': (graphdef, params),
+                         'padded': (padded_graphdef, padded_params)}.items():
+    state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=ps, rest=rest,
+                                opt_state=tx.init(ps), rng=jax.random.key_data(jax.random.key(3)))
+    shardings = train.state_shardings(layout, state, tx, shard_moments=True, shard_params=True)
+    step_fn = step_lib.make_train_step(gd, tx, schedule, table, settings, layout.mesh,
+                                       grad_specs=jax.tree.map(lambda s: s.spec, shardings.params))
+    state = sharding.put_global(state, shardings)
+    jitted = jax.jit(step_fn, in_shardings=(shardings, layout.batch_sharding),
+                     out_shardings=(shardings, layout.replicated), donate_argnums=0)
+    metrics = []
+    for _ in range(3):
+      state, m = jitted(state, global_batch)
+      metrics.append((float(m.loss), float(m.grad_norm)))
+    results[name] = (state, metrics, shardings)
+
+  (plain, plain_metrics, _), (split, split_metrics, split_shardings) = (results['real'],
+                                                                       results['padded'])
+  np.testing.assert_allclose(split_metrics, plain_metrics, rtol=1e-5)
+  tables = 0
+  for (path, a), b, spec in zip(jax.tree_util.tree_flatten_with_path(plain.params)[0],
+                                jax.tree.leaves(split.params),
+                                jax.tree.leaves(jax.tree.map(lambda s: s.spec,
+                                                             split_shardings.params))):
+    a, b = np.asarray(a), np.asarray(b)
+    if b.shape != a.shape:  # The token table: real rows trained alike, the padding untouched.
+      tables += 1
+      assert b.shape == (padded_rows,) + a.shape[1:] and spec[0] == sharding.DATA, spec
+      np.testing.assert_array_equal(b[real:], 0)
+      b = b[:real]
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+  assert tables == 1

@@ -334,13 +334,20 @@ def dense(
   )
 
 
-def _zero_row(init: nnx.Initializer, row: int | None) -> nnx.Initializer:
-  """HF zeroes the `padding_idx` row of an embedding at init."""
-  if row is None:
-    return init
+def padded_rows(num: int, multiple: int) -> int:
+  """`num` rounded up to a multiple of `multiple` (0 or 1: `num` itself)."""
+  return num if multiple <= 1 else -(-num // multiple) * multiple
+
+
+def _zero_rows(init: nnx.Initializer, row: int | None, used_rows: int) -> nnx.Initializer:
+  """HF zeroes the `padding_idx` row of an embedding at init; rows from `used_rows` on (the
+  padding of a vocabulary rounded up, `embed`) are zero too."""
 
   def wrapped(key, shape, dtype=jnp.float32):
-    return init(key, shape, dtype).at[row].set(0)
+    table = init(key, shape, dtype)
+    if row is not None:
+      table = table.at[row].set(0)
+    return table.at[used_rows:].set(0) if used_rows < shape[0] else table
 
   return wrapped
 
@@ -354,19 +361,21 @@ def embed(
     param_dtype: Dtype,
     rngs: nnx.Rngs,
     padding_idx: int | None = None,
+    rows_multiple: int = 0,
 ) -> nnx.Embed:
-  """`nnx.Embed` with table `[num_embeddings, features]` named `names`.
+  """`nnx.Embed` with table `[rows, features]` named `names`, `rows = num_embeddings` rounded
+  up to a multiple of `rows_multiple` (`model.vocab_multiple`; the extra rows start at zero).
 
   Lookups return the parameter dtype (no cast to the compute dtype): embeddings are summed and
   normalised in float32, and an R3F perturbation of ~1e-5 would vanish in bfloat16.
   """
   return nnx.Embed(
-      num_embeddings,
+      padded_rows(num_embeddings, rows_multiple),
       features,
       dtype=param_dtype,
       param_dtype=param_dtype,
       embedding_init=partitioned(
-          _zero_row(nnx.initializers.normal(init_std), padding_idx), names),
+          _zero_rows(nnx.initializers.normal(init_std), padding_idx, num_embeddings), names),
       rngs=rngs,
   )
 

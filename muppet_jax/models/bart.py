@@ -334,6 +334,7 @@ class BartModel(nnx.Module):
       remat: str = 'none',
       scan_layers: bool = False,
       attention_implementation: str = 'xla',
+      vocab_multiple: int = 0,
       rngs: nnx.Rngs,
   ):
     """Builds a randomly initialised model (HF init: N(0, init_std), zero biases).
@@ -348,6 +349,10 @@ class BartModel(nnx.Module):
         scan (one compiled layer body per stack whatever the depth); same numerics, HF names.
       attention_implementation: `model.attention` ('auto', 'xla', 'pallas', 'cudnn'; see
         `attention.dot_product_attention`). Incremental decoding always uses 'xla'.
+      vocab_multiple: the shared table's rows are `hf_config.vocab_size` rounded up to a
+        multiple of this (`model.vocab_multiple`; 0 = no padding), so that they split evenly
+        over devices. The extra rows are zero, never looked up, outside the LM head's logits
+        (`lm_logits` has `vocab_size` of them); `hf.save` drops them.
       rngs: `nnx.Rngs`; `params` (or `default`) initialises, `dropout` (or `default`) seeds the
         dropout streams stored on the module.
     """
@@ -355,10 +360,12 @@ class BartModel(nnx.Module):
     self.pad_token_id = hf_config.pad_token_id
     self.decoder_start_token_id = hf_config.decoder_start_token_id
     self.dtype = dtype
+    self.vocab_size = hf_config.vocab_size  # Real rows of `shared` (the rest is padding).
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.shared = attention.embed(hf_config.vocab_size, hf_config.d_model, ('vocab', 'embed'),
                                   init_std=hf_config.init_std, param_dtype=param_dtype,
-                                  padding_idx=hf_config.pad_token_id, rngs=rngs)
+                                  padding_idx=hf_config.pad_token_id,
+                                  rows_multiple=vocab_multiple, rngs=rngs)
     self.encoder = BartEncoder(hf_config, remat=remat, scan_layers=scan_layers, **kw)
     self.decoder = BartDecoder(hf_config, remat=remat, scan_layers=scan_layers, **kw)
     self.final_logits_bias = Buffer(jnp.zeros((hf_config.vocab_size,), param_dtype),
@@ -482,12 +489,16 @@ class BartModel(nnx.Module):
                        decoder_positions=decoder_positions, deterministic=deterministic)
 
   def lm_logits(self, decoder_hidden: Array) -> Array:
-    """Tied LM head: `[B, Ld, H]` -> `[B, Ld, V]` float32.
+    """Tied LM head: `[B, Ld, H]` -> `[B, Ld, V]` float32, V = `vocab_size` (a padded
+    table's extra rows get no logits).
 
     `hidden @ shared.T + final_logits_bias`, the matmul in the compute dtype with float32
     accumulation (HF `lm_head` + `final_logits_bias`).
     """
-    table = self.shared.embedding[...].astype(self.dtype)
+    table = self.shared.embedding[...]
+    if table.shape[0] > self.vocab_size:
+      table = table[:self.vocab_size]
+    table = table.astype(self.dtype)
     logits = jnp.einsum('bld,vd->blv', decoder_hidden.astype(self.dtype), table,
                         preferred_element_type=jnp.float32)
     return logits + self.final_logits_bias[...].astype(jnp.float32)

@@ -246,7 +246,7 @@ def build_model(config: ml_collections.ConfigDict, hf_config: transformers.Pretr
                         remat=config.model.remat,
                         scan_layers=config.model.get('scan_layers', False),
                         attention_implementation=config.model.get('attention', 'xla'),
-                        rngs=rngs)
+                        vocab_multiple=config.model.get('vocab_multiple', 0), rngs=rngs)
   init_std = hf_config.initializer_range if model_type == 'roberta' else hf_config.init_std
   # One rate for every classification and multiple-choice head, from the experiment config,
   # whatever the checkpoint's `classifier_dropout` / `hidden_dropout_prob` say: 0.0 (fairseq's

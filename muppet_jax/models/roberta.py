@@ -74,11 +74,11 @@ class RobertaEmbeddings(nnx.Module):
   """Word + position + token-type(0) embeddings, LayerNorm, dropout."""
 
   def __init__(self, config: transformers.RobertaConfig, *, dtype: Dtype, param_dtype: Dtype,
-               rngs: nnx.Rngs):
+               vocab_multiple: int = 0, rngs: nnx.Rngs):
     h, std = config.hidden_size, config.initializer_range
     self.word_embeddings = attention.embed(
         config.vocab_size, h, ('vocab', 'embed'), init_std=std, param_dtype=param_dtype,
-        padding_idx=config.pad_token_id, rngs=rngs)
+        padding_idx=config.pad_token_id, rows_multiple=vocab_multiple, rngs=rngs)
     self.position_embeddings = attention.embed(
         config.max_position_embeddings, h, ('positions', 'embed'), init_std=std,
         param_dtype=param_dtype, padding_idx=config.pad_token_id, rngs=rngs)
@@ -263,6 +263,7 @@ class RobertaModel(nnx.Module):
       remat: str = 'none',
       scan_layers: bool = False,
       attention_implementation: str = 'xla',
+      vocab_multiple: int = 0,
       rngs: nnx.Rngs,
   ):
     """Builds a randomly initialised model (HF init: N(0, initializer_range), zero biases).
@@ -276,14 +277,18 @@ class RobertaModel(nnx.Module):
         (one compiled layer body whatever the depth); same numerics and HF names.
       attention_implementation: `model.attention` ('auto', 'xla', 'pallas', 'cudnn'; see
         `attention.dot_product_attention`).
+      vocab_multiple: the word-embedding table's rows are `hf_config.vocab_size` rounded up to
+        a multiple of this (`model.vocab_multiple`; 0 = no padding), so that they split evenly
+        over devices. The extra rows are zero and never looked up; `hf.save` drops them.
       rngs: `nnx.Rngs`; `params` (or `default`) initialises, `dropout` (or `default`) seeds the
         dropout streams stored on the module.
     """
     check_config(hf_config)
     self.padding_idx = hf_config.pad_token_id
     self.hidden_size = hf_config.hidden_size
+    self.vocab_size = hf_config.vocab_size  # Real rows of the table (the rest is padding).
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.embeddings = RobertaEmbeddings(hf_config, **kw)
+    self.embeddings = RobertaEmbeddings(hf_config, vocab_multiple=vocab_multiple, **kw)
     self.encoder = RobertaEncoder(hf_config, remat=remat, scan_layers=scan_layers, **kw)
     self.pooler = RobertaPooler(hf_config, **kw)
     attention.set_implementation(self, attention_implementation)

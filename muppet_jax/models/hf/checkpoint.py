@@ -26,6 +26,7 @@ def load(
     remat: str = 'none',
     scan_layers: bool = False,
     attention_implementation: str = 'xla',
+    vocab_multiple: int = 0,
     rngs: nnx.Rngs | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Backbone, HFConfig]:
@@ -39,6 +40,8 @@ def load(
     remat: per-layer rematerialisation, 'none' | 'full' | 'dots_saveable'.
     scan_layers: stacked layer parameters run by a scan (see `build`).
     attention_implementation: `model.attention` (see `attention.dot_product_attention`).
+    vocab_multiple: pad the token-embedding table's rows with zeros to a multiple of this
+      (`model.vocab_multiple`; 0 = as in the checkpoint); `hf_config.vocab_size` is unchanged.
     rngs: init and dropout RNGs (default `nnx.Rngs(0)`); the init only matters for tensors
       the checkpoint lacks (see `LoadReport.defaulted`).
     overrides: config attributes to replace before building, e.g. dropout rates
@@ -55,7 +58,7 @@ def load(
     setattr(hf_config, key, value)
   model = build(hf_config, dtype=dtype, param_dtype=param_dtype, remat=remat,
                 scan_layers=scan_layers, attention_implementation=attention_implementation,
-                rngs=rngs)
+                vocab_multiple=vocab_multiple, rngs=rngs)
   report = from_hf_state_dict(model, read_tensors(directory))
   if report.ignored:
     logging.info('Loaded the %s backbone from %s; ignored %d task-head tensors: %s',

@@ -72,16 +72,20 @@ def build(
     remat: str = 'none',
     scan_layers: bool = False,
     attention_implementation: str = 'xla',
+    vocab_multiple: int = 0,
     rngs: nnx.Rngs | None = None,
 ) -> Backbone:
   """A randomly initialised backbone for `hf_config` (`rngs` default: `nnx.Rngs(0)`).
 
   `scan_layers` stacks each layer stack's parameters on a leading axis (run with a scan); the
-  HF names and values are the same either way (see `to_hf_state_dict`).
+  HF names and values are the same either way (see `to_hf_state_dict`). `vocab_multiple`
+  rounds the token-embedding table's rows up to a multiple of it (zero rows; HF files keep
+  `hf_config.vocab_size` rows, see `to_hf_state_dict`).
   """
   rngs = nnx.Rngs(0) if rngs is None else rngs
   kw = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, scan_layers=scan_layers,
-            attention_implementation=attention_implementation, rngs=rngs)
+            attention_implementation=attention_implementation, vocab_multiple=vocab_multiple,
+            rngs=rngs)
   if hf_config.model_type == 'roberta':
     return roberta.RobertaModel(hf_config, **kw)
   if hf_config.model_type == 'bart':

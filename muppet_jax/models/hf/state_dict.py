@@ -80,6 +80,7 @@ class _Entry:
   hf_shape: tuple[int, ...]
   transpose: bool  # Linear kernel: HF stores [out, in].
   index: int | None = None  # Layer of a scanned stack: slice `index` of the leading axis.
+  padded_rows: int = 0  # Our rows beyond HF's (a vocabulary padded by `vocab_multiple`).
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -101,6 +102,8 @@ def _stacked_paths(model: Backbone) -> dict[tuple[str, ...], int]:
 
 
 _LEAF_NAMES = {'kernel': 'weight', 'embedding': 'weight', 'scale': 'weight', 'bias': 'bias'}
+# Token-embedding tables, whose rows our models may pad (`vocab_multiple`).
+_TOKEN_TABLES = (('embeddings', 'word_embeddings'), ('shared',))
 
 
 def _entries(model: Backbone, prefix: str) -> Iterator[tuple[str, _Entry]]:
@@ -141,6 +144,10 @@ def _entries(model: Backbone, prefix: str) -> Iterator[tuple[str, _Entry]]:
     transpose = leaf == 'kernel'
     if stack is None:
       name = prefix + '.'.join(str(p) for p in parents) + '.' + _LEAF_NAMES[leaf]
+      if tuple(parents) in _TOKEN_TABLES:  # HF has the real rows only (`vocab_multiple`).
+        yield name, _Entry(node, (model.vocab_size,) + shape[1:], False,
+                           padded_rows=shape[0] - model.vocab_size)
+        continue
       yield name, _Entry(node, shape[::-1] if transpose else shape, transpose)
       continue
     rest = '.'.join(str(p) for p in parents[2:]) + '.' + _LEAF_NAMES[leaf]
@@ -172,6 +179,7 @@ def to_hf_state_dict(model: Backbone, *, prefix: str | None = None) -> dict[str,
       host[key] = np.asarray(jax.device_get(entry.variable[...]))
     value = host[key] if entry.index is None else host[key][entry.index]
     value = value.T if entry.transpose else value
+    value = value[:entry.hf_shape[0]] if entry.padded_rows else value
     out[name] = np.ascontiguousarray(value.reshape(entry.hf_shape))
   return out
 
@@ -277,6 +285,8 @@ def from_hf_state_dict(model: Backbone, tensors: Mapping[str, np.ndarray]) -> Lo
       continue
     value = np.asarray(found[name])
     value = value.T if entry.transpose else value
+    if entry.padded_rows:  # Zero rows up to our padded vocabulary.
+      value = np.pad(value, [(0, entry.padded_rows)] + [(0, 0)] * (value.ndim - 1))
     value = value.reshape(entry.shape)
     if entry.index is None:
       entry.variable[...] = jnp.asarray(value, dtype=entry.variable.dtype)
