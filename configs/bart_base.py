@@ -24,10 +24,11 @@ def get_config():
   # anyway) and what the paper did in fp16. It halves the activations' bytes, which bound the step
   # (docs/COMPILE.md). --config.model.dtype=float32 for full-precision activations.
   c.model.dtype = 'bfloat16'
-  # Keep the matmul outputs, recompute the elementwise rest in the backward pass: measured on
-  # v5e-64 without R3F (unrolled 2-/3-layer proxies, docs/COMPILE.md), 'none' moves 7.6/9.9 GB,
-  # 'dots_saveable' 6.4/8.1 GB (step estimate 21 -> ~16 ms). (RoBERTa-base, 8 rows of 512
-  # tokens, goes the other way: 4.8/6.4 -> 5.1/7.0 GB, so base.py keeps 'none'.)
+  # Keep the matmul outputs, recompute the elementwise rest in the backward pass. Measured on
+  # v5e-64 without R3F (docs/COMPILE.md): 'none' 2.1 GiB per chip, 16.9 GB per update (XLA),
+  # 6.4 GB of it in HBM, 21 ms estimated; 'dots_saveable' 1.2 GiB, 13.4 GB, 4.1 GB, 16 ms (+7%
+  # FLOPs). (RoBERTa-base, 8 rows of 512 tokens, goes the other way on XLA's bytes of the 2-/3-
+  # layer programs, 4.8/6.4 -> 5.1/7.0 GB, so base.py keeps 'none'.)
   c.model.remat = 'dots_saveable'
   c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
   # Embedding rows padded 50,265 -> 50,304, so that they split over 64 (or 32) devices: the
