@@ -27,13 +27,14 @@ def get_config():
   # Keep the matmul outputs, recompute the elementwise rest in the backward pass. Measured on
   # v5e-64 without R3F (docs/COMPILE.md): 'none' 2.1 GiB per chip, 16.9 GB per update (XLA),
   # 6.4 GB of it in HBM, 21 ms estimated; 'dots_saveable' 1.2 GiB, 13.4 GB, 4.1 GB, 16 ms (+7%
-  # FLOPs). (RoBERTa-base, 8 rows of 512 tokens, goes the other way on XLA's bytes of the 2-/3-
-  # layer programs, 4.8/6.4 -> 5.1/7.0 GB, so base.py keeps 'none'.)
+  # FLOPs).
   c.model.remat = 'dots_saveable'
   c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
-  # Embedding rows padded 50,265 -> 50,304, so that they split over 64 (or 32) devices: the
-  # table's gather and its gradient's reduction need no transposed float32 copies of it.
-  c.model.vocab_multiple = 128
+  # Embedding rows padded 50,265 -> 51,200, so that they split over the data axis in whole
+  # 8-row tiles (64 devices: 800 rows each; 32: 1,600; 128: 400): the table's gather and its
+  # gradient's reduction need no transposed or re-tiled float32 copies of it (v5e-64,
+  # docs/COMPILE.md: 128 -> 1024 took bart_base's HBM bytes per update 4.14 -> 3.84 GB).
+  c.model.vocab_multiple = 1024
   c.data.mixture = 'muppet_all'  # Classification, commonsense, MRC and summarization.
   c.data.rows = 1  # One 1,024-token row per device (paper: max tokens 1,024).
   c.data.length = 1024

@@ -25,9 +25,11 @@ def get_config():
   # forward matmul (~30% more FLOPs).
   c.model.remat = 'dots_saveable'
   c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
-  # Embedding rows padded 50,265 -> 50,304, so that they split over 64 (or 32) devices: the
-  # table's gather and its gradient's reduction need no transposed float32 copies of it.
-  c.model.vocab_multiple = 128
+  # Embedding rows padded 50,265 -> 51,200, so that they split over the data axis in whole
+  # 8-row tiles (64 devices: 800 rows each; 32: 1,600; 128: 400): the table's gather and its
+  # gradient's reduction need no transposed or re-tiled float32 copies of it (v5e-64,
+  # docs/COMPILE.md: 128 -> 1024 took bart_base's HBM bytes per update 4.14 -> 3.84 GB).
+  c.model.vocab_multiple = 1024
   c.data.mixture = 'muppet_all'
   c.data.rows = 1  # One 1,024-token row per device (paper: max tokens 1,024).
   c.data.length = 1024

@@ -36,12 +36,13 @@ def default() -> ml_collections.ConfigDict:
   c.model.intermediate_size = 3072  # Feed-forward width.
   c.model.max_position_embeddings = 514  # RoBERTa: 512 + padding offset 2; BART: 1024.
   c.model.vocab_size = 0  # 0: the tokenizer's vocabulary size.
-  # Round the token-embedding table's rows up to a multiple of this (0: no padding), e.g. 128:
-  # RoBERTa/BART's 50,265 rows become 50,304, which 64 (or 32, ...) devices split evenly, so
-  # that `optim.shard_params` / `shard_moments` split the table's rows instead of its hidden
-  # dimension (whose gathers and gradient reductions then need transposed float32 copies of
-  # the whole table). The extra rows are zero, never looked up and get no LM logits; Hugging
-  # Face exports drop them.
+  # Round the token-embedding table's rows up to a multiple of this (0: no padding), e.g. 1024:
+  # RoBERTa/BART's 50,265 rows become 51,200, which 64 (or 32, 128, ...) devices split evenly
+  # in whole 8-row TPU tiles, so that `optim.shard_params` / `shard_moments` split the table's
+  # rows instead of its hidden dimension (whose gathers and gradient reductions then need
+  # transposed float32 copies of the whole table) and the gathered shards need no re-tiling
+  # copy. The extra rows are zero, never looked up and get no LM logits; Hugging Face exports
+  # drop them.
   c.model.vocab_multiple = 0
   c.model.dropout = 0.1  # Hidden dropout (paper: 0.1).
   c.model.attention_dropout = 0.1  # Attention-probability dropout.
@@ -220,9 +221,10 @@ def default() -> ml_collections.ConfigDict:
   c.compile.device_memory_gib = 0.0
   c.compile.peak_tflops = 0.0  # Peak bf16 TFLOP/s of one device (roofline); 0 = the tables.
   c.compile.memory_bandwidth_gbps = 0.0  # Memory GB/s of one device (roofline); 0 = the tables.
-  # XLA's FLOPs and bytes accessed, and the roofline from them. With scanned layers they need
-  # two more compiles (the step unrolled at 2 and 3 layers, XLA counts a scan body once): most
-  # of the compile time. False: memory, fits and collectives only.
+  # XLA's own FLOPs and bytes accessed (cost analysis), their attribution and `roofline_xla`.
+  # With scanned layers they need two more compiles (the step unrolled at 2 and 3 layers, XLA
+  # counts a scan body once): most of the compile time. False: memory, fits, collectives and
+  # the headline roofline (from the executable's own count) only.
   c.compile.costs = True
   return c
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 from muppet_jax.compile import attribution
+from muppet_jax.compile import hlo_cost
 from muppet_jax.compile import hlo
 
 # f32 = 4 bytes. Shapes are small so that the arithmetic below stays readable.
@@ -316,6 +317,70 @@ def test_async_copies_count_xla_bytes_and_the_hbm_bytes_they_move():
   assert by['copies'].hbm_bytes == n + n + 2 * n + k
   # The negate reads and writes on chip (S(1)): bytes for XLA, none in HBM.
   assert by['other'].bytes == 2 * n and by['other'].hbm_bytes == 0
+
+
+# A matmul overlapped with an all-gather in one asynchronous-collective fusion (XLA:TPU's
+# collective matmul), its activations read through a nested fusion that only re-labels them
+# (a same-shape bitcast out of on-chip memory), its weight through a reshaping bitcast; and
+# the same matmul and nested fusions in a plain fusion.
+COLLECTIVE_MATMUL = """HloModule jit_collective_matmul, is_scheduled=true
+
+%relabel (in.1: bf16[64,128]) -> bf16[64,128] {
+  %in.1 = bf16[64,128]{1,0:T(8,128)(2,1)S(1)} parameter(0)
+  ROOT %b.1 = bf16[64,128]{1,0:T(8,128)(2,1)} bitcast(%in.1)
+}
+
+%reshape_w (in.2: bf16[128,128]) -> bf16[128,128,1] {
+  %in.2 = bf16[128,128]{1,0:T(8,128)(2,1)S(1)} parameter(0)
+  ROOT %b.2 = bf16[128,128,1]{1,0,2:T(8,128)(2,1)} bitcast(%in.2)
+}
+
+%async_collective_fusion.1 (p0: bf16[16,128], p1: bf16[128,128], p2: bf16[64,128]) -> (bf16[64,128], bf16[1024,128]) {
+  %p0 = bf16[16,128]{1,0:T(8,128)(2,1)} parameter(0)
+  %ag = bf16[1024,128]{1,0:T(8,128)(2,1)} all-gather(%p0), channel_id=1, replica_groups={{0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63}}, dimensions={0}
+  %p1 = bf16[128,128]{1,0:T(8,128)(2,1)S(1)} parameter(1)
+  %w = bf16[128,128,1]{1,0,2:T(8,128)(2,1)} fusion(%p1), kind=kLoop, calls=%reshape_w
+  %p2 = bf16[64,128]{1,0:T(8,128)(2,1)S(1)} parameter(2)
+  %x = bf16[64,128]{1,0:T(8,128)(2,1)} fusion(%p2), kind=kLoop, calls=%relabel
+  %y = bf16[64,128]{1,0:T(8,128)(2,1)} convolution(%x, %w), window={size=1}, dim_labels=bf_io0->bf
+  ROOT %t = (bf16[64,128]{1,0:T(8,128)(2,1)}, bf16[1024,128]{1,0:T(8,128)(2,1)}) tuple(%y, %ag)
+}
+
+%plain_fusion.1 (q1: bf16[128,128], q2: bf16[64,128]) -> bf16[64,128] {
+  %q1 = bf16[128,128]{1,0:T(8,128)(2,1)S(1)} parameter(0)
+  %w.2 = bf16[128,128,1]{1,0,2:T(8,128)(2,1)} fusion(%q1), kind=kLoop, calls=%reshape_w
+  %q2 = bf16[64,128]{1,0:T(8,128)(2,1)S(1)} parameter(1)
+  %x.2 = bf16[64,128]{1,0:T(8,128)(2,1)} fusion(%q2), kind=kLoop, calls=%relabel
+  ROOT %y.2 = bf16[64,128]{1,0:T(8,128)(2,1)} convolution(%x.2, %w.2), window={size=1}, dim_labels=bf_io0->bf
+}
+
+ENTRY %main (shard: bf16[16,128], w: bf16[128,128], x: bf16[64,128]) -> (bf16[64,128], bf16[1024,128], bf16[64,128]) {
+  %shard = bf16[16,128]{1,0:T(8,128)(2,1)} parameter(0)
+  %w = bf16[128,128]{1,0:T(8,128)(2,1)S(1)} parameter(1)
+  %x = bf16[64,128]{1,0:T(8,128)(2,1)S(1)} parameter(2)
+  %overlapped = (bf16[64,128]{1,0:T(8,128)(2,1)}, bf16[1024,128]{1,0:T(8,128)(2,1)}) fusion(%shard, %w, %x), kind=kOutput, calls=%async_collective_fusion.1
+  %plain = bf16[64,128]{1,0:T(8,128)(2,1)} fusion(%w, %x), kind=kOutput, calls=%plain_fusion.1
+  %y = bf16[64,128]{1,0:T(8,128)(2,1)} get-tuple-element(%overlapped), index=0
+  %g = bf16[1024,128]{1,0:T(8,128)(2,1)} get-tuple-element(%overlapped), index=1
+  ROOT %out = (bf16[64,128]{1,0:T(8,128)(2,1)}, bf16[1024,128]{1,0:T(8,128)(2,1)}, bf16[64,128]{1,0:T(8,128)(2,1)}) tuple(%y, %g, %plain)
+}
+"""
+
+
+def test_collective_matmul_reads_no_relabelled_operand():
+  """XLA:TPU charges an asynchronous-collective fusion nothing for an operand read through a
+  nested same-shape bitcast (measured against its cost analysis on RoBERTa-large, where the
+  projections' activations are read this way: docs/COMPILE.md); a reshaping nested fusion
+  still reads its operand, and a plain fusion reads both."""
+  module = hlo.parse_module(COLLECTIVE_MATMUL)
+  model = hlo_cost.CostModel(module)
+  by_name = {i.name: i for i in module.computations[module.entry].instructions}
+  shard, w, x = 16 * 128 * 2, 128 * 128 * 2, 64 * 128 * 2
+  # The all-gather's output passes out of the collective: not charged to the fusion.
+  overlapped, _ = model.instruction_bytes(module.entry, by_name['overlapped'])
+  assert overlapped == shard + w + x  # The shard and the weight read, the matmul written.
+  plain, _ = model.instruction_bytes(module.entry, by_name['plain'])
+  assert plain == w + x + x  # Both operands read, the matmul written.
 
 
 def test_combine_extrapolates_group_by_group():

@@ -105,12 +105,22 @@ def test_report_fields_memory_flops_and_json(tmp_path):
   by_hand = (6 * n + 12 * LAYERS * HIDDEN * LENGTH) * ROWS * LENGTH
   assert report.model_flops_per_step == pytest.approx(by_hand, rel=1e-9)
   assert 0.9 * by_hand <= report.flops_per_step <= 1.5 * by_hand, (report.flops_per_step, by_hand)
-  r = report.roofline  # compile.peak_tflops=1, memory_bandwidth_gbps=2.
-  assert r.compute_seconds == pytest.approx(report.flops_per_step / 1e12)
-  assert r.memory_seconds == pytest.approx(report.bytes_accessed_per_step / 2e9)
+  # compile.peak_tflops=1, memory_bandwidth_gbps=2. XLA's cost analysis:
+  x = report.roofline_xla
+  assert x.compute_seconds == pytest.approx(report.flops_per_step / 1e12)
+  assert x.memory_seconds == pytest.approx(report.bytes_accessed_per_step / 2e9)
+  assert x.step_seconds == max(x.compute_seconds, x.memory_seconds)
+  assert x.mfu_bound == pytest.approx(report.model_flops_per_step / (x.step_seconds * 1e12))
+  # The headline: the executable's FLOPs and its bytes in device memory. A CPU's layouts
+  # name no other memory space, so those are all of its bytes.
+  r = report.roofline
+  assert report.hbm_bytes_per_step == pytest.approx(report.executable['bytes'])
+  assert r.compute_seconds == pytest.approx(report.executable['flops'] / 1e12)
+  assert r.memory_seconds == pytest.approx(report.hbm_bytes_per_step / 2e9)
   assert r.step_seconds == max(r.compute_seconds, r.memory_seconds)
+  assert r.bound == ('compute' if r.compute_seconds >= r.memory_seconds else 'memory')
   assert r.mfu_bound == pytest.approx(report.model_flops_per_step / (r.step_seconds * 1e12))
-  assert 'estimate' in r.note
+  assert 'estimate' in r.note and 'estimate' in x.note
   assert report.compile_seconds > 0
 
 
@@ -345,6 +355,12 @@ def test_tpu_topology_compiles_and_reports_the_chip():
   assert report.memory.parameters == _param_bytes(2)
   assert 'all-reduce' in {c.kind for c in report.collectives}
   assert report.roofline.peak_flops == 1e12  # compile.peak_tflops overrides the chip table.
+  # The headline counts only what reaches HBM: XLA:TPU keeps some operands in on-chip memory.
+  assert 0 < report.hbm_bytes_per_step < report.executable['bytes']
+  assert report.roofline.memory_seconds == pytest.approx(
+      report.hbm_bytes_per_step / report.roofline.memory_bandwidth)
+  assert report.roofline_executable.memory_seconds == pytest.approx(
+      report.executable['bytes'] / report.roofline.memory_bandwidth)
   assert 0.9 <= report.flops_per_step / report.model_flops_per_step <= 1.5
   config = _config(topology='v5e-8', data=-1)
   config.compile.peak_tflops = config.compile.memory_bandwidth_gbps = 0.0
@@ -395,7 +411,8 @@ def test_depth_extrapolation_of_the_bench_sweep_is_linear():
             'device_memory_bytes': 100, 'flops_per_step': flops,
             'bytes_accessed_per_step': moved, 'model_flops_per_step': model_flops,
             'collectives': [{'kind': 'all-reduce', 'count': layers, 'bytes': reduced}],
-            'roofline': {'peak_flops': 10.0, 'memory_bandwidth': 1.0}}
+            'executable': {'flops': flops + 4, 'bytes': moved + 2}, 'hbm_bytes_per_step': moved / 10,
+            'roofline': {'peak_flops': 10.0, 'memory_bandwidth': 1.0}, 'roofline_xla': None}
 
   e = extrapolate(report(2, 10, 100, 50, 80, 1000), report(4, 14, 180, 70, 160, 1600), 24)
   # Per layer: +2 bytes, +40 FLOPs, +10 bytes moved, +40 model FLOPs, +300 bytes reduced.
@@ -403,12 +420,19 @@ def test_depth_extrapolation_of_the_bench_sweep_is_linear():
           e['model_flops_per_step']) == (54, 980, 270, 960)
   assert e['collectives'] == [{'kind': 'all-reduce', 'count': None, 'bytes': 7600}]
   assert e['fits'] and e['memory_fraction'] == 0.54
-  assert e['roofline']['bound'] == 'memory' and e['roofline']['step_seconds'] == 270
-  assert e['roofline']['mfu_bound'] == pytest.approx(960 / (270 * 10))
+  assert e['roofline_xla']['bound'] == 'memory' and e['roofline_xla']['step_seconds'] == 270
+  assert e['roofline_xla']['mfu_bound'] == pytest.approx(960 / (270 * 10))
+  # The executable: 984 FLOPs / 10 = 98.4 s against 272 bytes / 1 = 272 s; HBM bytes 27 / 1.
+  assert e['roofline_executable']['step_seconds'] == pytest.approx(272)
+  assert e['hbm_bytes_per_step'] == pytest.approx(27)
+  assert e['roofline']['bound'] == 'compute'
+  assert e['roofline']['step_seconds'] == pytest.approx(98.4)
+  assert e['roofline']['mfu_bound'] == pytest.approx(960 / (98.4 * 10))
 
 
 def test_costs_off_skips_the_flops_compiles_and_keeps_memory(tmp_path, monkeypatch):
-  """compile.costs=False: the same memory and collectives, no FLOPs, no roofline, and one
+  """compile.costs=False: the same memory and collectives, no XLA FLOPs and no estimate from
+  them (the headline, from the executable, stays), and one
   program built instead of three (a scanned step's FLOPs need it unrolled at 2 and 3 layers)."""
   built = []
   abstract_step = program.abstract_step
@@ -427,23 +451,29 @@ def test_costs_off_skips_the_flops_compiles_and_keeps_memory(tmp_path, monkeypat
   report = compile_lib.run(config(False), str(tmp_path))
   assert built == [True]
   assert report.flops_per_step is None and report.bytes_accessed_per_step is None
-  assert report.roofline is None and 'compile.costs=False' in report.flops_note
+  assert report.roofline_xla is None and 'compile.costs=False' in report.flops_note
   built.clear()
   reference = compile_lib.compile_step(config(True), '/nonexistent-workdir')
   assert built == [True, False, False]
-  assert reference.flops_per_step > 0 and reference.roofline is not None
+  assert reference.flops_per_step > 0 and reference.roofline_xla is not None
   assert report.per_device_bytes == reference.per_device_bytes
   assert report.collectives == reference.collectives
+  # The headline estimate needs no extra compile: the executable's own count.
+  assert report.roofline is not None
+  assert report.roofline.step_seconds == pytest.approx(reference.roofline.step_seconds)
   text = compile_lib.format_report(report)
-  assert 'not computed (compile.costs=False)' in text and 'roofline: needs the FLOPs' in text
+  assert 'not computed (compile.costs=False)' in text
+  assert "XLA's cost analysis: not computed (compile.costs=False)" in text
+  assert 'ESTIMATE (not a measurement) of the executable as it runs' in text
 
 
 def test_sweep_table_carries_per_slot_costs_to_a_slice_compiled_without_them(tmp_path):
-  """A report compiled with compile.costs=False takes its roofline from the same config's
-  report on another slice, scaled by slots per device (A), with its own chip's figures."""
+  """A report compiled with compile.costs=False takes XLA's cost-analysis estimate from the
+  same config's report on another slice, scaled by slots per device (A), with its own chip's
+  figures; its headline (the executable's HBM bytes) is its own."""
   from bench.compile_reports.__main__ import table  # pylint: disable=import-outside-toplevel
 
-  def report(topology, devices, accum, flops, moved):
+  def report(topology, devices, accum, flops, moved, headline):
     return {'target': f'TPU {topology} (x, {devices} devices, 1 slice)', 'num_devices': devices,
             'mesh': {'data': devices, 'model': 1}, 'grad_accum': accum,
             'options': {'r3f': True}, 'per_device_bytes': 2 * compile_lib.GIB,
@@ -451,25 +481,29 @@ def test_sweep_table_carries_per_slot_costs_to_a_slice_compiled_without_them(tmp
             'advice': [], 'error': None, 'collectives': [], 'compile_seconds': 60.0,
             'flops_per_step': flops, 'bytes_accessed_per_step': moved,
             'model_flops_per_step': 1e12 * accum,
-            'roofline': None if flops is None else {
+            'roofline': {'step_seconds': headline, 'bound': 'compute', 'mfu_bound': 0.25},
+            'roofline_executable': None,
+            'roofline_xla': None if flops is None else {
                 'step_seconds': moved / 819e9, 'bound': 'memory',
                 'mfu_bound': 1e12 / (moved / 819e9 * 197e12)}}
 
-  for name, r in (('large_r3f-on_v5e-64.json', report('v5e-64', 64, 1, 3e12, 4e11)),
-                  ('large_r3f-on_v4-64.json', report('v4-64', 32, 2, None, None))):
+  for name, r in (('large_r3f-on_v5e-64.json', report('v5e-64', 64, 1, 3e12, 4e11, 0.02)),
+                  ('large_r3f-on_v4-64.json', report('v4-64', 32, 2, None, None, 0.03))):
     with open(tmp_path / name, 'w') as f:
       json.dump(r, f)
   rows = {line.split('|')[3].strip(): line for line in table(str(tmp_path)).splitlines()[2:]}
   # v4-64, A = 2: 6e12 FLOPs over 275 TFLOP/s = 21.8 ms; 8e11 bytes over 1,200 GB/s = 667 ms.
   v4 = rows['v4-64 (32 dev., A=2)']
-  assert '667 ms (memory)' in v4 and 'from v5e-64' in v4
-  assert f'| {2e12 / (8e11 / 1200e9 * 275e12):.0%} |' in v4  # MFU bound: model FLOPs x A.
-  assert '488 ms (memory)' in rows['v5e-64 (64 dev.)']  # Its own: 4e11 / 819e9.
-  assert v4.count(' | - | ') == 1  # No HBM-only estimate: the donor has no HBM bytes.
+  assert f'| 667 ms (memory), {2e12 / (8e11 / 1200e9 * 275e12):.0%} |' in v4
+  assert 'from v5e-64' in v4
+  assert '| 30 ms (compute) | 25% |' in v4  # Its own headline.
+  assert '| 488 ms (memory), ' in rows['v5e-64 (64 dev.)']  # Its own: 4e11 / 819e9.
 
 
-def test_sweep_table_carries_the_hbm_only_roofline_to_a_slice_compiled_without_costs(tmp_path):
-  """The HBM-only estimate (`roofline_hbm`) of a report without costs comes from the donor's
+def test_sweep_table_reads_reports_from_before_the_headline_changed(tmp_path):
+  """Reports written before this release called XLA's estimate `roofline` and the HBM-bytes
+  one `roofline_hbm`; the table shows them in this release's columns, and a report without
+  costs or an executable count takes the HBM-only estimate from the donor's
   `hbm_bytes_per_step` per slot, over its own chip's figures."""
   from bench.compile_reports.__main__ import table  # pylint: disable=import-outside-toplevel
   common = {'options': {'r3f': False}, 'per_device_bytes': compile_lib.GIB, 'fits': True,
@@ -493,8 +527,10 @@ def test_sweep_table_carries_the_hbm_only_roofline_to_a_slice_compiled_without_c
   rows = {line.split('|')[3].strip(): line for line in table(str(tmp_path)).splitlines()[2:]}
   # v5p-64, A = 2: 22e12 FLOPs over 459 TFLOP/s = 47.9 ms; 22e9 HBM bytes over 2,765 GB/s =
   # 8 ms: compute-bound; MFU bound 16e12 / 22e12.
-  assert f'| 48 ms (compute), {16e12 / 22e12:.0%} |' in rows['v5p-64 (32 dev., A=2)']
-  assert '| 56 ms (compute), 73% |' in rows['v5e-64 (64 dev.)']  # Its own roofline_hbm.
+  assert f'| 48 ms (compute) | {16e12 / 22e12:.0%} |' in rows['v5p-64 (32 dev., A=2)']
+  v5e = rows['v5e-64 (64 dev.)']
+  assert '| 56 ms (compute) | 73% |' in v5e  # Its own roofline_hbm, now the headline.
+  assert '| 70 ms (memory), 50% |' in v5e  # Its XLA estimate, in that column.
 
 
 @pytest.mark.slow

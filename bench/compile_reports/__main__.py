@@ -137,7 +137,6 @@ def extrapolate(shallow: dict, deep: dict, layers: int) -> dict:
   capacity = deep['device_memory_bytes']
   flops, moved = line(lambda r: r['flops_per_step']), line(lambda r: r['bytes_accessed_per_step'])
   model_flops = line(lambda r: r['model_flops_per_step'])
-  roof = deep['roofline']
   estimate = {'layers': layers, 'from_layers': [l1, l2], 'per_device_bytes': memory,
               'device_memory_bytes': capacity, 'fits': memory <= capacity,
               'memory_fraction': memory / capacity, 'flops_per_step': flops,
@@ -151,18 +150,18 @@ def extrapolate(shallow: dict, deep: dict, layers: int) -> dict:
   hbm = line(lambda r: r.get('hbm_bytes_per_step'))
   run_flops = line(lambda r: (r.get('executable') or {}).get('flops'))
   run_bytes = line(lambda r: (r.get('executable') or {}).get('bytes'))
-  estimate['hbm_bytes_per_step'], estimate['roofline_hbm'] = hbm, None
-  estimate['roofline_executable'] = None
+  estimate['hbm_bytes_per_step'] = hbm
+  estimate['roofline'] = estimate['roofline_executable'] = estimate['roofline_xla'] = None
+  roof = deep.get('roofline') or deep.get('roofline_xla')
   if roof:
     peak, bandwidth = roof['peak_flops'], roof['memory_bandwidth']
-    if flops is not None:
-      estimate['roofline'] = _roofline(flops, moved, model_flops, peak, bandwidth)
+    if hbm is not None and (run_flops or flops) is not None:
+      estimate['roofline'] = _roofline(run_flops or flops, hbm, model_flops, peak, bandwidth)
     if run_flops is not None and run_bytes is not None:
       estimate['roofline_executable'] = _roofline(run_flops, run_bytes, model_flops, peak,
                                                   bandwidth)
-    if hbm is not None and (run_flops or flops) is not None:
-      estimate['roofline_hbm'] = _roofline(run_flops or flops, hbm, model_flops, peak,
-                                           bandwidth)
+    if flops is not None:
+      estimate['roofline_xla'] = _roofline(flops, moved, model_flops, peak, bandwidth)
   return estimate
 
 
@@ -189,9 +188,9 @@ def peak_figures(topology: str, dtype: str) -> tuple[float, float]:
 
 
 def roofline_from(report: dict, donor: dict, topology: str) -> dict:
-  """The roofline of `report` (compiled with compile.costs=False for `topology`) from the XLA
-  FLOPs and bytes accessed of `donor`, the same config compiled with costs for another target
-  of the same platform.
+  """The estimate from XLA's cost analysis (`roofline_xla`) of `report` (compiled with
+  compile.costs=False for `topology`) from the XLA FLOPs and bytes accessed of `donor`, the same
+  config compiled with costs for another target of the same platform.
 
   With data parallelism (mesh.model = 1) a device runs A slots per update whatever the slice,
   so the donor's figures are scaled by A / A_donor; what differs besides is the ZeRO-1
@@ -202,7 +201,8 @@ def roofline_from(report: dict, donor: dict, topology: str) -> dict:
 
 
 def roofline_hbm_from(report: dict, donor: dict, topology: str) -> dict | None:
-  """Like `roofline_from`, from the donor's bytes in HBM only (`hbm_bytes_per_step`)."""
+  """Like `roofline_from`, from the donor's bytes in HBM only (`hbm_bytes_per_step`): for
+  reports old enough to have no executable count of their own."""
   if not donor.get('hbm_bytes_per_step'):
     return None
   return _roofline_from_bytes(report, donor, topology, donor['hbm_bytes_per_step'])
@@ -225,6 +225,16 @@ def _collectives(collectives: list[dict]) -> str:
   return ', '.join(parts) or 'none'
 
 
+def normalise(report: dict) -> dict:
+  """`report` with this release's estimates: reports written before it called XLA's
+  cost-analysis estimate `roofline` (now `roofline_xla`) and the executable's HBM-bytes
+  estimate `roofline_hbm` (now the headline `roofline`)."""
+  if 'roofline_xla' in report:
+    return report
+  return {**report, 'roofline_xla': report.get('roofline'),
+          'roofline': report.get('roofline_hbm')}
+
+
 def _row(name: str, r3f: bool, r: dict, how: str) -> str:
   topology = r['target'].split()[1]
   memory = (f'{r["per_device_bytes"] / GIB:.1f} / {r["device_memory_bytes"] / GIB:.1f} GiB '
@@ -232,7 +242,7 @@ def _row(name: str, r3f: bool, r: dict, how: str) -> str:
   fits = 'yes' if r['fits'] else 'no'
   if not r['fits'] and r.get('advice'):
     fits += ' (try: ' + '; '.join(a.split(' (')[0] for a in r['advice']) + ')'
-  roof, hbm, run = r.get('roofline'), r.get('roofline_hbm'), r.get('roofline_executable')
+  roof, run, xla = r.get('roofline'), r.get('roofline_executable'), r.get('roofline_xla')
   step = f'{roof["step_seconds"] * 1e3:.0f} ms ({roof["bound"]})' if roof else '-'
   mfu = f'{roof["mfu_bound"]:.0%}' if roof else '-'
 
@@ -243,7 +253,7 @@ def _row(name: str, r3f: bool, r: dict, how: str) -> str:
   # A step that does not fit does not compile: XLA's verdict only, no program to read.
   collectives = '- (not compiled)' if r.get('error') else _collectives(r['collectives'])
   return (f'| {name} | {"on" if r3f else "off"} | {topology} ({r["num_devices"]} dev.{accum}) | '
-          f'{memory} | {fits} | {collectives} | {step} | {mfu} | {cell(run)} | {cell(hbm)} | '
+          f'{memory} | {fits} | {collectives} | {step} | {mfu} | {cell(run)} | {cell(xla)} | '
           f'{how} |')
 
 
@@ -253,8 +263,8 @@ def table(directory: str = HERE, platform: str = 'tpu') -> str:
   compiled."""
   target = 'GPUs' if platform == 'gpu' else 'slice'
   rows = [f'| config | R3F | {target} | per-device memory | fits | collectives (per update) | '
-          'est. step (roofline) | MFU bound | est. step, MFU bound (the executable, loops x '
-          'trips) | same, HBM bytes only | how |',
+          'est. step (roofline: the executable, its HBM bytes) | MFU bound | same, on all its '
+          "bytes (XLA's rules) | XLA's cost analysis (unrolled programs) | how |",
           '|---|---|---|---|---|---|---|---|---|---|---|']
   groups: dict[tuple, dict] = {}
   for path in glob.glob(os.path.join(directory, '*_r3f-*.json')):
@@ -265,7 +275,8 @@ def table(directory: str = HERE, platform: str = 'tpu') -> str:
     if is_gpu(topology) != (platform == 'gpu'):
       continue
     with open(path) as f:
-      groups.setdefault((config, r3f, topology, suffix), {})[int(layers or 0)] = json.load(f)
+      groups.setdefault((config, r3f, topology, suffix), {})[int(layers or 0)] = normalise(
+          json.load(f))
   order = {c: i for i, c in enumerate(CONFIGS)}
   for (config, r3f, topology, suffix), by_depth in sorted(
       groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][1], kv[0][2], kv[0][3])):
@@ -280,9 +291,9 @@ def table(directory: str = HERE, platform: str = 'tpu') -> str:
                 and g[0]['flops_per_step'] is not None]
       if r['flops_per_step'] is None and not r.get('error') and donors:
         donor_topology, donor = donors[0]
-        r = {**r, 'roofline': roofline_from(r, donor, topology),
-             'roofline_hbm': r.get('roofline_hbm') or roofline_hbm_from(r, donor, topology)}
-        how += f'; FLOPs and bytes per slot from {donor_topology}'
+        r = {**r, 'roofline_xla': roofline_from(r, donor, topology),
+             'roofline': r.get('roofline') or roofline_hbm_from(r, donor, topology)}
+        how += f"; XLA's cost analysis per slot from {donor_topology}"
       rows.append(_row(name, r['options']['r3f'], r, how))
     elif len(by_depth) >= 2:
       (l1, shallow), (l2, deep) = sorted(by_depth.items())[:2]

@@ -154,22 +154,27 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
         memory_bandwidth=target.memory_bandwidth, source=target.figures_source,
         **({'note': note} if note else {}))
 
-  roofline = None if cost is None else roofline_of(cost.flops, cost.bytes_accessed)
   counted = cost.attribution if cost is not None else None
   # The executable itself, counted with XLA's rules and its loops run their trip counts (the
-  # figures above come from the same step unrolled where the step loops, because XLA's cost
-  # analysis counts a loop body once; the unrolled programs' memory-space assignment differs).
-  # Cheap (no further compile): also with compile.costs=False.
+  # figures of XLA's cost analysis come from the same step unrolled where the step loops,
+  # because it counts a loop body once; the unrolled programs' memory-space assignment
+  # differs). Cheap (no further compile): also with compile.costs=False.
   executable = program.executable_cost(compiled)
+  # The headline: the executable's bytes that reach HBM. XLA's bytes accessed also charge
+  # operands in on-chip memory (TPU memory space 1) and an asynchronous copy four times, at the
+  # HBM bandwidth; those are the other two estimates.
+  roofline = roofline_of(
+      executable.flops, executable.hbm_bytes,
+      "estimate from the compiled step's FLOPs and its bytes in HBM (memory space 0 of the "
+      'layouts), loops times their trip counts; not a measurement')
   roofline_executable = roofline_of(
       executable.flops, executable.bytes,
-      "estimate from the compiled step's bytes by XLA's rules, loops times their trip counts; "
-      'not a measurement')
-  # HBM only: XLA's bytes also charge traffic through on-chip memory (TPU memory space 1).
-  roofline_hbm = roofline_of(
-      executable.flops, executable.hbm_bytes,
-      "estimate from the compiled step's bytes in HBM only (memory space 0 of the layouts), "
-      'loops times their trip counts; not a measurement')
+      "estimate from the compiled step's bytes by XLA's rules, every memory space, loops times "
+      'their trip counts; not a measurement')
+  roofline_xla = None if cost is None else roofline_of(
+      cost.flops, cost.bytes_accessed,
+      "estimate from XLA's cost analysis (programs unrolled where the step loops); not a "
+      'measurement')
   model_note = ('model_flops_per_step: 6 N + 12 x layers x d x T per token of a '
                 'classification slot (the bench/ formula), no R3F, no remat.')
   if cost is None:
@@ -195,7 +200,7 @@ def compile_step(config: ml_collections.ConfigDict, workdir: str,
       executable=executable.to_json(),
       roofline_executable=roofline_executable,
       hbm_bytes_per_step=executable.hbm_bytes,
-      roofline_hbm=roofline_hbm)
+      roofline_xla=roofline_xla)
 
 
 

@@ -170,6 +170,13 @@ class CostModel:
         continue  # Passed through to the result (aliased): neither read nor written.
       if user.opcode == 'fusion':  # A nested fusion: its parameter(s) bound to `name`.
         nested = self.module.computations.get((user.called('calls') or [''])[0])
+        if _relabels(nested) and _holds_collective(fused):
+          # XLA:TPU charges an asynchronous-collective fusion (a matmul overlapped with a
+          # collective) nothing for an operand it reads through a nested fusion that only
+          # re-labels it (a bitcast to the same shape, e.g. out of on-chip memory); elsewhere
+          # such a read counts. Measured on v5e: without this rule RoBERTa-large's step counted
+          # 39 MB per layer over XLA's total (1.6%), with it 6 MB (0.25%).
+          continue
         params = {} if nested is None else {
             p.parameter_number: p for p in nested.instructions if p.opcode == 'parameter'}
         for k, operand in enumerate(user.operands):
@@ -299,6 +306,20 @@ class CostModel:
       moved = []
     return (float(sum(a.padded_bytes for a in arrays)),
             float(sum(a.padded_bytes for a in moved if a.memory_space == 0)))
+
+
+def _relabels(computation: hlo_lib.Computation | None) -> bool:
+  """A fused computation that returns its parameter bitcast to the same shape."""
+  if computation is None or computation.root.opcode != 'bitcast':
+    return False
+  source = computation.by_name.get(computation.root.operands[0])
+  return (source is not None and source.opcode == 'parameter' and
+          source.shape.split('{')[0] == computation.root.shape.split('{')[0])
+
+
+def _holds_collective(computation: hlo_lib.Computation) -> bool:
+  """Whether a fused computation runs a collective (an asynchronous-collective fusion)."""
+  return any(i.opcode in COLLECTIVE_OPCODES for i in computation.instructions)
 
 
 def _update_arrays(fused: hlo_lib.Computation, update_slice: Instruction,

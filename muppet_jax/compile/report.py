@@ -69,7 +69,10 @@ class CompileReport:
   collectives: list[Collective]
   compile_seconds: float  # jit(...).lower(...).compile() wall time on this machine.
   cost_seconds: float  # Wall time of the extra compiles the FLOPs need (0: none needed).
-  roofline: Roofline | None  # None when the device's peak figures are unknown.
+  # The headline estimate: the executable's FLOPs (loops times their trip counts) over the
+  # peak, against its bytes that reach device memory (HBM) over the memory bandwidth (see
+  # `executable` and `hbm_bytes_per_step`). None when the device's peak figures are unknown.
+  roofline: Roofline | None
   advice: list[str]  # What to change when the step does not fit.
   notes: list[str]  # Assumptions made (shape source, vocabulary).
   # The TPU compiler's out-of-memory message when the step does not fit (then only the memory
@@ -89,9 +92,13 @@ class CompileReport:
   roofline_executable: Roofline | None = None
   # The part of the executable's bytes in device memory (HBM): XLA's bytes accessed also charge
   # traffic through on-chip memory (TPU memory space S(1)), so bytes / HBM bandwidth overstates
-  # the memory time; `roofline_hbm` is the estimate from these bytes alone.
+  # the memory time. `roofline` is the estimate from these bytes (on GPU and CPU, which have no
+  # such memory spaces in their layouts, all of the executable's bytes).
   hbm_bytes_per_step: float | None = None
-  roofline_hbm: Roofline | None = None
+  # The estimate from XLA's own cost analysis, `flops_per_step` and `bytes_accessed_per_step`
+  # (programs unrolled where the step loops; every memory space): what reports before this
+  # release called `roofline`. None with compile.costs=False.
+  roofline_xla: Roofline | None = None
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -166,35 +173,43 @@ def format_report(report: CompileReport) -> str:
         f'compile time: {report.compile_seconds:.1f} s'
         + (f' (+ {report.cost_seconds:.1f} s for the FLOPs)' if report.cost_seconds >= 0.05
            else '')]
-  r = report.roofline
   lines += attribution_lines(report.attribution)
-  if report.error is not None:
-    pass
-  elif r is None and report.flops_per_step is None:
-    lines.append('roofline: needs the FLOPs (compile.costs=True)')
-  elif r is None:
-    lines.append('roofline: no peak figures for this device (compile.peak_tflops, '
-                 'compile.memory_bandwidth_gbps)')
-  else:
-    lines.append(f'roofline ESTIMATE (not a measurement): step >= {r.step_seconds * 1e3:.1f} ms '
-                 f'({r.bound}-bound; compute {r.compute_seconds * 1e3:.1f} ms at '
-                 f'{r.peak_flops / 1e12:.0f} TFLOP/s, memory {r.memory_seconds * 1e3:.1f} ms at '
-                 f'{r.memory_bandwidth / 1e9:.0f} GB/s; {r.source}); MFU <= {r.mfu_bound:.0%}')
-  e = report.roofline_executable
-  if e is not None:
-    lines.append(f'roofline of the executable as it runs, loops times their trip counts '
-                 f'({format_bytes(report.executable["bytes"])}, ESTIMATE): step >= '
-                 f'{e.step_seconds * 1e3:.1f} ms ({e.bound}-bound; memory '
-                 f'{e.memory_seconds * 1e3:.1f} ms); MFU <= {e.mfu_bound:.0%}')
-  h = report.roofline_hbm
-  if h is not None:
-    lines.append(f'roofline from the HBM bytes only ({format_bytes(report.hbm_bytes_per_step)}'
-                 f', ESTIMATE): step >= {h.step_seconds * 1e3:.1f} ms ({h.bound}-bound; memory '
-                 f'{h.memory_seconds * 1e3:.1f} ms); MFU <= {h.mfu_bound:.0%}')
+  if report.error is None:
+    lines += roofline_lines(report)
   lines += [f'to fit: {a}' for a in report.advice]
   lines += [f'note: {n}' for n in report.notes]
   return '\n'.join(lines)
 
+
+
+def roofline_lines(report: CompileReport) -> list[str]:
+  """The estimates: the headline (the executable's bytes in HBM), then the same executable on
+  all of XLA's bytes, then XLA's cost analysis of the unrolled programs."""
+  r = report.roofline
+  if r is None:
+    return ['roofline: no peak figures for this device (compile.peak_tflops, '
+            'compile.memory_bandwidth_gbps)']
+  lines = [f'roofline ESTIMATE (not a measurement) of the executable as it runs, its bytes in '
+           f'HBM ({format_bytes(report.hbm_bytes_per_step)}): step >= '
+           f'{r.step_seconds * 1e3:.1f} ms ({r.bound}-bound; compute '
+           f'{r.compute_seconds * 1e3:.1f} ms at {r.peak_flops / 1e12:.0f} TFLOP/s, memory '
+           f'{r.memory_seconds * 1e3:.1f} ms at {r.memory_bandwidth / 1e9:.0f} GB/s; '
+           f'{r.source}); MFU <= {r.mfu_bound:.0%}']
+  e = report.roofline_executable
+  if e is not None:
+    lines.append(f'  on all its bytes by XLA\'s rules, on-chip memory included '
+                 f'({format_bytes(report.executable["bytes"])}): step >= '
+                 f'{e.step_seconds * 1e3:.1f} ms ({e.bound}-bound; memory '
+                 f'{e.memory_seconds * 1e3:.1f} ms); MFU <= {e.mfu_bound:.0%}')
+  x = report.roofline_xla
+  if x is not None:
+    lines.append(f'  on XLA\'s cost analysis of the unrolled programs '
+                 f'({format_bytes(report.bytes_accessed_per_step)}): step >= '
+                 f'{x.step_seconds * 1e3:.1f} ms ({x.bound}-bound; memory '
+                 f'{x.memory_seconds * 1e3:.1f} ms); MFU <= {x.mfu_bound:.0%}')
+  elif report.flops_per_step is None:
+    lines.append("  XLA's cost analysis: not computed (compile.costs=False)")
+  return lines
 
 
 def attribution_lines(attribution: dict | None, top: int = 5) -> list[str]:
