@@ -29,8 +29,8 @@ def get_config():
   # Keep the matmul outputs, recompute the elementwise rest in the backward pass. 'none' stored
   # four [8, 512, 3072] GELU intermediates and the dropout masks of every layer, each stack
   # re-tiled once per layer. v5e-64 without R3F, the executable (docs/COMPILE.md): 22.3 ->
-  # 19.9 GB per update, 12.3 -> 5.5 GB of it in HBM, +3.6% FLOPs: compute-bound. (The unrolled
-  # 2-/3-layer programs behind XLA's own count go the other way, 4.8/6.4 -> 5.1/7.0 GB.)
+  # 19.9 GB per update, 12.3 -> 5.5 GB of it in HBM, +3.6% FLOPs, 3.0 -> 1.2 GiB per chip:
+  # compute-bound. (The unrolled programs behind XLA's own count go the other way, 20.5 -> 24 GB.)
   c.model.remat = 'dots_saveable'
   c.model.scan_layers = True  # Stacked layers run by a scan: compile cost independent of depth.
   # Embedding rows padded 50,265 -> 51,200, so that they split over the data axis in whole
