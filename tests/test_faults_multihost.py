@@ -117,16 +117,21 @@ class Run:
       steps = [json.loads(l)['step'] for l in f if l.strip().endswith('}')]
     return max(steps, default=0)
 
-  def wait_for_step(self, step: int, timeout: float = 900) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-      now = self.logged_step()
-      if now >= step:
-        return now
+  def wait_until(self, reached, what: str, hang_guard: float = 900) -> None:
+    """Polls `reached()` until it is true, every process alive meanwhile. `hang_guard`
+    seconds only keep a run that hangs from blocking the suite."""
+    give_up = time.time() + hang_guard
+    while time.time() < give_up:
+      if reached():
+        return
       assert all(p.poll() is None for p in self.procs), [self.stderr(i)[-2000:]
                                                          for i in range(len(self.procs))]
       time.sleep(0.1)
-    raise AssertionError(f'step {step} not reached')
+    raise AssertionError(f'{what} not reached (hung?)')
+
+  def wait_for_step(self, step: int) -> int:
+    self.wait_until(lambda: self.logged_step() >= step, f'step {step}')
+    return self.logged_step()
 
   def kill(self, i: int, sig=signal.SIGKILL) -> float:
     self.procs[i].send_signal(sig)
@@ -225,10 +230,7 @@ def test_faults_of_a_two_process_run_end_bit_identical(tmp_path):
   run = Run(workdir, 2, 'save', extra_env={1: {
       'PYTHONPATH': f'{hook}{os.pathsep}{REPO}', 'MUPPET_TEST_HANG_SAVE_STEP': str(hang),
       'MUPPET_TEST_HANG_MARKER': str(marker)}})
-  deadline = time.time() + 900
-  while not marker.exists():
-    assert time.time() < deadline and run.procs[0].poll() is None, run.stderr(0)[-3000:]
-    time.sleep(0.1)
+  run.wait_until(marker.exists, 'the hanging save')
   _assert_lost(run, 0, 1, 2, run.kill(1))
   run.end()
   steps = checkpoint_lib.Checkpointer(str(workdir), keep=10, save_every=1,

@@ -195,19 +195,16 @@ def roofline_lines(report: CompileReport) -> list[str]:
            f'{r.compute_seconds * 1e3:.1f} ms at {r.peak_flops / 1e12:.0f} TFLOP/s, memory '
            f'{r.memory_seconds * 1e3:.1f} ms at {r.memory_bandwidth / 1e9:.0f} GB/s; '
            f'{r.source}); MFU <= {r.mfu_bound:.0%}']
-  e = report.roofline_executable
-  if e is not None:
-    lines.append(f'  on all its bytes by XLA\'s rules, on-chip memory included '
-                 f'({format_bytes(report.executable["bytes"])}): step >= '
-                 f'{e.step_seconds * 1e3:.1f} ms ({e.bound}-bound; memory '
-                 f'{e.memory_seconds * 1e3:.1f} ms); MFU <= {e.mfu_bound:.0%}')
-  x = report.roofline_xla
-  if x is not None:
-    lines.append(f'  on XLA\'s cost analysis of the unrolled programs '
-                 f'({format_bytes(report.bytes_accessed_per_step)}): step >= '
-                 f'{x.step_seconds * 1e3:.1f} ms ({x.bound}-bound; memory '
-                 f'{x.memory_seconds * 1e3:.1f} ms); MFU <= {x.mfu_bound:.0%}')
-  elif report.flops_per_step is None:
+  for label, nbytes, other in (
+      ("all its bytes by XLA's rules, on-chip memory included", report.executable['bytes'],
+       report.roofline_executable),
+      ("XLA's cost analysis of the unrolled programs", report.bytes_accessed_per_step,
+       report.roofline_xla)):
+    if other is not None:
+      lines.append(f'  on {label} ({format_bytes(nbytes)}): step >= '
+                   f'{other.step_seconds * 1e3:.1f} ms ({other.bound}-bound; memory '
+                   f'{other.memory_seconds * 1e3:.1f} ms); MFU <= {other.mfu_bound:.0%}')
+  if report.roofline_xla is None and report.flops_per_step is None:
     lines.append("  XLA's cost analysis: not computed (compile.costs=False)")
   return lines
 
