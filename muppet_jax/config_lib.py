@@ -201,8 +201,9 @@ def default() -> ml_collections.ConfigDict:
   c.distributed = ml_collections.ConfigDict()
   # A process whose heartbeats stop for this long (killed, crashed, frozen, its host gone) is
   # declared lost: every other process stops with one line naming it and the step, instead of
-  # waiting in the next collective. JAX's coordination service is given twice this as its own
-  # deadline, a backstop that ends the processes with a fatal error naming no step.
+  # waiting in the next collective. JAX's coordination service gets a longer deadline of its own
+  # (260 s for 60; `multihost.service_heartbeat_timeout_s`), a backstop that ends the processes
+  # with a fatal error naming no step and must not fire before they have stopped by this one.
   c.distributed.heartbeat_timeout_s = 60
   # The longest the processes wait for each other at a barrier: joining the run
   # (jax.distributed.initialize), a checkpoint's asynchronous commit (orbax) and shutdown.

@@ -9,8 +9,9 @@ on CPU gloo fails the collective at once, with a connection error that names no 
 
 `initialize(settings)` joins the run (from the MUPPET_* variables the launch/ scripts set, or by
 JAX's auto-detection on TPU pods) with the coordination service's timeouts taken from
-`config.distributed`: twice `heartbeat_timeout_s` for its heartbeats (the backstop),
-`barrier_timeout_s` for joining and for shutdown.
+`config.distributed`: for its heartbeats a deadline that cannot fire before this module's verdict
+has ended every process (`service_heartbeat_timeout_s`, the backstop), `barrier_timeout_s` for
+joining and for shutdown.
 
 `watch_peers(settings)` (the trainer runs inside it) starts a heartbeat of this process's own:
 a background thread writes a counter and the current step (`set_step`) to the coordination
@@ -65,12 +66,44 @@ _PEER_FAILURE = re.compile(r'gloo|nccl|connection reset|socket closed|not connec
                            r'unavailable|deadline.?exceeded|barrier', re.IGNORECASE)
 
 
+def beat_interval_s(timeout_s: float) -> float:
+  """Seconds between two heartbeats of the watch: several per timeout, so that a late beat is
+  never mistaken for a lost process."""
+  return min(5.0, max(0.5, timeout_s / 8))
+
+
+def leave_timeout_s(timeout_s: float, interval_s: float) -> float:
+  """How long process 0 waits, after a verdict, for the others to say they are leaving (a
+  frozen process never does)."""
+  return max(2 * interval_s, min(timeout_s, 30.0))
+
+
+def last_exit_s(timeout_s: float) -> float:
+  """The latest a survivor exits after a process dies, by the watch's own rules: the dead
+  process's last beat up to one interval before its death, the silence judged at the next beat
+  after `timeout_s` (one more interval), then process 0's wait for the others to leave."""
+  interval = beat_interval_s(timeout_s)
+  return timeout_s + 2 * interval + leave_timeout_s(timeout_s, interval)
+
+
+def service_heartbeat_timeout_s(timeout_s: float) -> int:
+  """The heartbeat deadline given to JAX's coordination service (the backstop).
+
+  Its agents beat every half deadline, so the service may find a dead process stale as early
+  as half its deadline after the death, and then aborts every process still connected
+  (SIGABRT, "the JAX distributed service detected fatal errors"), process 0 included, before
+  they can print their line. With twice `heartbeat_timeout_s` that earliest moment fell inside
+  the watch's own verdict window; this deadline puts it 30 s after the watch's latest exit.
+  """
+  return int(2 * (last_exit_s(timeout_s) + 30))
+
+
 def _timeouts(settings: Any | None) -> dict[str, int]:
   """`jax.distributed.initialize` timeouts from `config.distributed` (None: JAX's defaults)."""
   if settings is None:
     return {}
   return {'initialization_timeout': int(settings.barrier_timeout_s),
-          'heartbeat_timeout_seconds': 2 * int(settings.heartbeat_timeout_s),
+          'heartbeat_timeout_seconds': service_heartbeat_timeout_s(settings.heartbeat_timeout_s),
           'shutdown_timeout_seconds': int(settings.barrier_timeout_s)}
 
 
@@ -167,9 +200,8 @@ class PeerWatch:
     self.process = int(process)
     self.count = int(count)
     self.timeout_s = float(timeout_s)
-    # Several beats per timeout, so that a late beat is never mistaken for a lost process.
     self.interval_s = float(interval_s if interval_s is not None else
-                            min(5.0, max(0.5, self.timeout_s / 8)))
+                            beat_interval_s(self.timeout_s))
     self.step = -1  # The last step this process finished (`set_step`); -1: none yet.
     self._on_lost = on_lost or exit_lost
     self._clock = clock
@@ -252,7 +284,7 @@ class PeerWatch:
   def leave_timeout_s(self) -> float:
     """How long process 0 waits for the others to leave after a verdict (a frozen process
     never does)."""
-    return max(2 * self.interval_s, min(self.timeout_s, 30.0))
+    return leave_timeout_s(self.timeout_s, self.interval_s)
 
   def _leave_if_alone(self, now: float) -> str | None:
     """Process 0 with a verdict: leaves once no live process is still connected."""

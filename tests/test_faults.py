@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -169,11 +170,51 @@ def test_errors_of_a_lost_peer_are_told_from_other_errors():
 
 def test_timeouts_reach_jax_distributed():
   settings = conftest.trained_demo_config().distributed
+  assert settings.heartbeat_timeout_s == 60
+  # By hand: beats every 5 s, process 0 waits up to 30 s for the others to leave; the latest
+  # exit is 60 + 2 * 5 + 30 = 100 s after a death, and JAX's deadline 2 * (100 + 30) s.
   assert multihost._timeouts(settings) == {  # pylint: disable=protected-access
       'initialization_timeout': settings.barrier_timeout_s,
-      'heartbeat_timeout_seconds': 2 * settings.heartbeat_timeout_s,
+      'heartbeat_timeout_seconds': 260,
       'shutdown_timeout_seconds': settings.barrier_timeout_s}
   assert multihost._timeouts(None) == {}  # pylint: disable=protected-access
+  # The multi-process tests' 20 s: beats every 2.5 s, 20 s of leave wait: 2 * (45 + 30).
+  assert multihost.service_heartbeat_timeout_s(20) == 150
+
+
+@pytest.mark.parametrize('timeout_s', [2, 20, 60, 600])
+def test_jax_backstop_cannot_fire_before_every_process_has_left(timeout_s):
+  """JAX's coordination service beats every half deadline and aborts every process still
+  connected once a dead one is stale, as early as half its deadline after the death. Simulated
+  watches (their own beat loop, random phases, the dead process's last beat just before it
+  died, process 1 frozen the moment the verdict appears, so that process 0 waits its longest):
+  process 0 always leaves before that moment."""
+  rng = random.Random(timeout_s)
+  deadline_s = multihost.service_heartbeat_timeout_s(timeout_s)
+  latest = 0.0
+  for _ in range(20):
+    store, clock, reports = _Store(), _Clock(), {}
+    watches = [multihost.PeerWatch(store, p, 3, timeout_s=timeout_s, clock=clock,
+                                   namespace='t', on_lost=lambda m, p=p: reports.setdefault(p, m))
+               for p in range(3)]
+    interval = watches[0].interval_s
+    next_beat = [clock.now + rng.uniform(0, interval) for _ in range(3)]
+    death = clock.now + 3 * interval + rng.uniform(0, interval)
+    died_at = None
+    while 0 not in reports:
+      clock.now += 0.05
+      verdict = any(k.endswith('/lost') for k in store.values)
+      for p, watch in enumerate(watches):
+        if clock.now < next_beat[p] or (p == 2 and died_at) or (p == 1 and verdict):
+          continue
+        watch.beat()
+        if p == 2 and clock.now >= death:
+          died_at = clock.now  # Right after its last beat: the latest verdict.
+        next_beat[p] = clock.now + (0.25 if watch._pending is not None else interval)  # pylint: disable=protected-access
+      assert clock.now - 1000 < 10 * deadline_s  # The simulation ends.
+    latest = max(latest, clock.now - died_at)
+  assert timeout_s < latest <= multihost.last_exit_s(timeout_s) + 0.3
+  assert latest < deadline_s / 2 - 25
 
 
 # ---------------------------------------------------------------------------------------------

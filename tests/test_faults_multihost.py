@@ -99,6 +99,19 @@ class Run:
     with open(self.errs[i]) as f:
       return f.read()
 
+  def explain(self, i: int) -> str:
+    """What a failed assertion shows of process i: its stderr without the list of extension
+    modules that Python appends to a fatal error (it would push the error itself out of view),
+    then the tail of its library log (what it was doing)."""
+    err = '\n'.join(l for l in self.stderr(i).splitlines()
+                    if not l.startswith('Extension modules:'))
+    log = os.path.join(self.workdir, 'logs', multihost.log_name(i))
+    tail = []
+    if os.path.exists(log):
+      with open(log) as f:
+        tail = f.read().splitlines()[-15:]
+    return '\n'.join([err[-3000:], f'--- {log} (tail)', *tail])
+
   def last_line(self, i: int) -> str:
     return self.stderr(i).strip().splitlines()[-1]
 
@@ -124,8 +137,8 @@ class Run:
     while time.time() < give_up:
       if reached():
         return
-      assert all(p.poll() is None for p in self.procs), [self.stderr(i)[-2000:]
-                                                         for i in range(len(self.procs))]
+      assert all(p.poll() is None for p in self.procs), [self.explain(i) for i in
+                                                         range(len(self.procs))]
       time.sleep(0.1)
     raise AssertionError(f'{what} not reached (hung?)')
 
@@ -173,11 +186,11 @@ def _assert_lost(run: Run, survivor: int, lost: int, count: int, killed_at: floa
   code = run.wait(survivor, BOUND_S + 60)
   took = time.time() - killed_at
   print(f'process {survivor} stopped {took:.1f} s after process {lost} was lost')
-  assert code == multihost.LOST_PROCESS_EXIT_CODE, run.stderr(survivor)[-3000:]
+  assert code == multihost.LOST_PROCESS_EXIT_CODE, run.explain(survivor)
   assert took < BOUND_S
   line = run.last_line(survivor)
   prefix = f'error: process {lost} of {count} was lost at step '
-  assert line.startswith(prefix), run.stderr(survivor)[-3000:]
+  assert line.startswith(prefix), run.explain(survivor)
   silent = int(line.split('no heartbeat for ')[1].split(' s')[0])
   assert HEARTBEAT_S <= silent <= HEARTBEAT_S + 5, line
   assert run.stderr(survivor).count(prefix) == 1 and 'Traceback' not in run.stderr(survivor)
@@ -192,14 +205,14 @@ def _resumed_from(run: Run) -> int:
 
 def test_faults_of_a_two_process_run_end_bit_identical(tmp_path):
   reference = Run(tmp_path / 'reference', 2, 'run')
-  assert reference.wait_all() == [0, 0], reference.stderr(0)[-3000:]
+  assert reference.wait_all() == [0, 0], reference.explain(0)
 
   workdir = tmp_path / 'faults'
   # 1. A preemption notice to one process: every process saves at the same step, exits 0.
   run = Run(workdir, 2, 'sigterm')
   run.wait_for_step(4)
   run.kill(1, signal.SIGTERM)
-  assert run.wait_all(BOUND_S) == [0, 0], [run.stderr(i)[-2000:] for i in range(2)]
+  assert run.wait_all(BOUND_S) == [0, 0], [run.explain(i) for i in range(2)]
   stops = [[l for l in run.stderr(i).splitlines() if 'stopped by a preemption notice' in l]
            for i in range(2)]
   assert all(len(s) == 1 for s in stops), stops
@@ -248,7 +261,7 @@ def test_faults_of_a_two_process_run_end_bit_identical(tmp_path):
 
   # 6. The last re-launch finishes; every fault above cost nothing.
   run = Run(workdir, 2, 'final')
-  assert run.wait_all() == [0, 0], run.stderr(0)[-3000:]
+  assert run.wait_all() == [0, 0], run.explain(0)
   for a, b in zip(jax.tree.leaves(_params(workdir)), jax.tree.leaves(_params(reference.workdir))):
     np.testing.assert_array_equal(a, b)
   assert _losses(workdir) == _losses(reference.workdir)
