@@ -72,7 +72,7 @@ def beat_interval_s(timeout_s: float) -> float:
   return min(5.0, max(0.5, timeout_s / 8))
 
 
-def leave_timeout_s(timeout_s: float, interval_s: float) -> float:
+def _leave_timeout_s(timeout_s: float, interval_s: float) -> float:
   """How long process 0 waits, after a verdict, for the others to say they are leaving (a
   frozen process never does)."""
   return max(2 * interval_s, min(timeout_s, 30.0))
@@ -83,7 +83,7 @@ def last_exit_s(timeout_s: float) -> float:
   process's last beat up to one interval before its death, the silence judged at the next beat
   after `timeout_s` (one more interval), then process 0's wait for the others to leave."""
   interval = beat_interval_s(timeout_s)
-  return timeout_s + 2 * interval + leave_timeout_s(timeout_s, interval)
+  return timeout_s + 2 * interval + _leave_timeout_s(timeout_s, interval)
 
 
 def service_heartbeat_timeout_s(timeout_s: float) -> int:
@@ -284,7 +284,7 @@ class PeerWatch:
   def leave_timeout_s(self) -> float:
     """How long process 0 waits for the others to leave after a verdict (a frozen process
     never does)."""
-    return leave_timeout_s(self.timeout_s, self.interval_s)
+    return _leave_timeout_s(self.timeout_s, self.interval_s)
 
   def _leave_if_alone(self, now: float) -> str | None:
     """Process 0 with a verdict: leaves once no live process is still connected."""
@@ -305,9 +305,15 @@ class PeerWatch:
     self._thread.start()
     return self
 
+  def next_beat_in_s(self) -> float:
+    """Seconds until the next round: none before the first, a quarter second while process 0
+    holds a verdict (it leaves as soon as the others have), otherwise one interval."""
+    if not self._counter:
+      return 0.0
+    return 0.25 if self._pending is not None else self.interval_s
+
   def _run(self) -> None:
-    while not self._stopped.wait(
-        (0.25 if self._pending is not None else self.interval_s) if self._counter else 0.0):
+    while not self._stopped.wait(self.next_beat_in_s()):
       try:
         self.beat()
       except Exception:  # pylint: disable=broad-except  (the watch must never kill the run)

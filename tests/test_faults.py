@@ -210,7 +210,7 @@ def test_jax_backstop_cannot_fire_before_every_process_has_left(timeout_s):
         watch.beat()
         if p == 2 and clock.now >= death:
           died_at = clock.now  # Right after its last beat: the latest verdict.
-        next_beat[p] = clock.now + (0.25 if watch._pending is not None else interval)  # pylint: disable=protected-access
+        next_beat[p] = clock.now + watch.next_beat_in_s()
       assert clock.now - 1000 < 10 * deadline_s  # The simulation ends.
     latest = max(latest, clock.now - died_at)
   assert timeout_s < latest <= multihost.last_exit_s(timeout_s) + 0.3
